@@ -1,0 +1,135 @@
+"""The view of a frozen encoder that prompt methods need.
+
+An adapter wraps a library's own model (timm, open_clip, ...) without copying its code and exposes the
+pieces of its forward pass as small steps, so that token prompts can be inserted between blocks:
+
+    tokens = adapter.embed(images)                  # patch embed + class/register tokens + positions
+    for block in adapter.blocks: tokens = block(tokens)
+    pooled, tokens = adapter.finish(tokens)         # final norm + the model's own pooling
+
+Run with no prompts, these steps are exactly the wrapped model's ``forward_features`` + pre-logits head.
+Adding a backbone family = one adapter subclass + ``@register_adapter``.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+_ADAPTERS: list[type["BackboneAdapter"]] = []
+
+
+def register_adapter(cls: type["BackboneAdapter"]) -> type["BackboneAdapter"]:
+    """Register an adapter class; :func:`wrap_model` asks each whether it ``accepts`` a model."""
+    _ADAPTERS.append(cls)
+    return cls
+
+
+def adapter_classes() -> list[type["BackboneAdapter"]]:
+    return list(_ADAPTERS)
+
+
+class BackboneAdapter(nn.Module):
+    """Base class. Subclasses set the attributes below in ``__init__`` and implement the steps."""
+
+    #: True if the encoder is a token transformer into which token prompts can be inserted.
+    supports_token_prompts: bool = True
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.embed_dim: int = 0  # token width D
+        self.feature_dim: int = 0  # width of the pooled feature
+        self.num_prefix_tokens: int = 0  # class + register tokens, kept in front of prompts
+        self.patch_size: tuple[int, int] = (1, 1)
+
+    # ---- discovery -------------------------------------------------------------------------
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    # ---- the forward pass in steps --------------------------------------------------------
+    @property
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run_block(self, index: int, tokens: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        block = self.blocks[index]
+        return block(tokens) if attn_bias is None else block(tokens, attn_mask=attn_bias)
+
+    def finish(self, tokens: torch.Tensor, need_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final norm + the model's own pooling: (pooled pre-logits feature, final tokens)."""
+        raise NotImplementedError
+
+    def attention_bias(self, key_padding: torch.Tensor, num_heads_dim: bool = True) -> torch.Tensor:
+        """Additive attention bias that hides the keys where ``key_padding`` (B, N) is True."""
+        bias = torch.zeros(key_padding.shape, dtype=torch.float32, device=key_padding.device)
+        bias = bias.masked_fill(key_padding, float("-inf"))
+        return bias[:, None, None, :]  # (B, 1, 1, N): broadcast over heads and queries
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logits feature, no prompts. Non-token adapters override this."""
+        tokens = self.embed(images)
+        for i in range(self.num_layers):
+            tokens = self.run_block(i, tokens)
+        return self.finish(tokens)[0]
+
+    def patch_grid(self, tokens: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+        """(B, N, D) final tokens incl. prefix tokens -> (B, D, H/p, W/p) patch-token grid."""
+        h, w = image_hw[0] // self.patch_size[0], image_hw[1] // self.patch_size[1]
+        patches = tokens[:, self.num_prefix_tokens:]
+        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
+
+    # ---- metadata ---------------------------------------------------------------------------
+    def data_config(self) -> dict[str, Any]:
+        """Preprocessing the backbone expects: input_size, mean, std, interpolation, crop_pct."""
+        raise NotImplementedError
+
+    def check_input_size(self, height: int, width: int) -> None:
+        ph, pw = self.patch_size
+        if height % ph or width % pw:
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"image size {height}x{width} is not divisible by the patch size {ph}x{pw} of {self.name}; "
+                f"pick a multiple of {ph} (e.g. data.img_size={(height // ph) * ph or ph})"
+            )
+
+    def fingerprint(self) -> str:
+        """Hash of the frozen weights: a prompt file records it so it is never loaded on other weights."""
+        digest = hashlib.blake2b(digest_size=16)
+        for key, tensor in sorted(self.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            t = tensor.detach().cpu().contiguous()
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
+
+
+def wrap_model(model: nn.Module, name: str | None = None) -> BackboneAdapter:
+    """Wrap an already-built library model (timm, open_clip visual tower, any CNN) in an adapter."""
+    if isinstance(model, BackboneAdapter):
+        return model
+    for cls in _ADAPTERS:
+        if cls.accepts(model):
+            return cls(model, name=name or _default_name(model))
+    raise TypeError(
+        f"vpt has no backbone adapter for {type(model).__name__}; supported: "
+        + ", ".join(c.__name__ for c in _ADAPTERS)
+        + ". Add one by subclassing vpt.backbones.BackboneAdapter and decorating it with @register_adapter."
+    )
+
+
+def _default_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or getattr(model, "vpt_name", None) or type(model).__name__

@@ -1,0 +1,128 @@
+"""Create a frozen backbone by hub name or from a local weights file.
+
+Names: ``vit_small_patch16_224`` or ``timm:vit_base_patch16_224.augreg_in21k`` (timm), ``open_clip:ViT-B-32``
+(open_clip). ``pretrained``: False (random init), True (the hub's default weights), a hub tag (timm
+pretrained tag / open_clip pretrained name), or a path to a local .pth / .bin / .safetensors / .npz file.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnknownNameError, WeightsUnavailableError
+from .base import BackboneAdapter, wrap_model
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz", ".ckpt")
+
+
+def _looks_like_path(pretrained: Any) -> bool:
+    return isinstance(pretrained, (str, os.PathLike)) and (
+        str(pretrained).endswith(WEIGHT_SUFFIXES) or os.sep in str(pretrained) or Path(str(pretrained)).exists()
+    )
+
+
+def _offline_error(name: str, source: str, err: Exception) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"could not fetch pretrained weights for {name!r} from {source} ({type(err).__name__}: {err}). "
+        "This machine may be offline. Either pass pretrained=false (random init, e.g. for smoke tests) or "
+        "download the weights elsewhere and pass a local file: pretrained=/path/to/weights.safetensors "
+        "(.pth, .bin, .safetensors and .npz are read)."
+    )
+
+
+def _check_file(path: str) -> str:
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise WeightsUnavailableError(
+            f"weights file {path!r} does not exist; pass an existing .pth/.bin/.safetensors/.npz path "
+            "as pretrained=..., or pretrained=false for random init"
+        )
+    return path
+
+
+def _corrupt_error(path: str, err: Exception) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"could not load weights file {path!r} ({type(err).__name__}: {err}); the file may be truncated, "
+        "corrupt or made for another architecture. Re-save or re-download it, or pass pretrained=false."
+    )
+
+
+def create_timm_backbone(name: str, pretrained: Any = False, **kwargs) -> BackboneAdapter:
+    import timm
+
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=8, cutoff=0.6)
+        raise UnknownNameError("timm backbone", name, close or ["(see timm.list_models())"])
+    kwargs.setdefault("num_classes", 0)  # vpt owns the head
+    if _looks_like_path(pretrained):
+        path = _check_file(pretrained)
+        try:
+            if path.endswith(".npz"):  # big_vision / original JAX checkpoints
+                model = timm.create_model(name, pretrained=False, **kwargs)
+                model.load_pretrained(path)
+            else:
+                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
+        except WeightsUnavailableError:
+            raise
+        except Exception as err:  # torch/safetensors raise many kinds for a bad file
+            raise _corrupt_error(path, err) from err
+    else:
+        tagged = f"{arch}.{pretrained}" if isinstance(pretrained, str) and "." not in name else name
+        try:
+            model = timm.create_model(tagged, pretrained=bool(pretrained), **kwargs)
+        except (OSError, RuntimeError, ValueError) as err:
+            if not pretrained:
+                raise
+            raise _offline_error(tagged, "the Hugging Face hub", err) from err
+    return wrap_model(model, name=name)
+
+
+def create_open_clip_backbone(name: str, pretrained: Any = False, **kwargs) -> BackboneAdapter:
+    import open_clip
+
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=8, cutoff=0.5)
+        raise UnknownNameError("open_clip backbone", name, close or open_clip.list_models()[:20])
+    weights = None
+    if _looks_like_path(pretrained):
+        weights = _check_file(pretrained)
+    elif isinstance(pretrained, str):
+        weights = pretrained
+    elif pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if not tags:
+            raise WeightsUnavailableError(f"open_clip has no pretrained weights for {name!r}; pass pretrained=false")
+        weights = tags[0]
+    try:
+        model = open_clip.create_model(name, pretrained=weights, **kwargs)
+    except Exception as err:
+        if weights is None:
+            raise
+        if os.path.isfile(str(weights)):
+            raise _corrupt_error(str(weights), err) from err
+        raise _offline_error(f"{name}:{weights}", "the open_clip / Hugging Face hub", err) from err
+    adapter = wrap_model(model.visual, name=f"open_clip:{name}")
+    adapter.clip_model = model  # text tower for zero-shot heads; not a submodule of the adapter
+    adapter.tokenizer = open_clip.get_tokenizer(name)
+    return adapter
+
+
+BACKBONE_SOURCES = {"timm": create_timm_backbone, "open_clip": create_open_clip_backbone}
+
+
+def create_backbone(name: str, pretrained: Any = False, **kwargs) -> BackboneAdapter:
+    """Build a backbone adapter from ``source:name`` (source defaults to timm)."""
+    source, _, model_name = name.rpartition(":") if ":" in name else ("timm", "", name)
+    if source not in BACKBONE_SOURCES:
+        raise UnknownNameError("backbone source", source, BACKBONE_SOURCES)
+    if isinstance(pretrained, str) and pretrained.lower() in ("false", "none", ""):
+        pretrained = False
+    if isinstance(pretrained, str) and pretrained.lower() == "true":
+        pretrained = True
+    adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, **kwargs)
+    # how to rebuild it: written into prompt files so `vpt-eval` can recreate the backbone
+    adapter.create_args = {"name": name, "pretrained": str(pretrained) if pretrained else False, "kwargs": kwargs}
+    return adapter

@@ -1,0 +1,79 @@
+"""timm Vision Transformers (ViT, DeiT, DINOv2-style with register tokens) and any other timm model."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import BackboneAdapter, register_adapter
+
+
+def _timm_data_config(model: nn.Module) -> dict[str, Any]:
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
+
+
+@register_adapter
+class TimmViTAdapter(BackboneAdapter):
+    """Steps of ``timm.models.VisionTransformer.forward_features`` + ``forward_head(pre_logits=True)``."""
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        from timm.models.vision_transformer import VisionTransformer
+
+        return isinstance(model, VisionTransformer)
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__(model, name)
+        self.embed_dim = model.embed_dim
+        self.feature_dim = model.num_features if model.attn_pool is None else model.head_hidden_size
+        self.num_prefix_tokens = model.num_prefix_tokens
+        self.patch_size = tuple(model.patch_embed.patch_size)
+        self.num_heads = model.blocks[0].attn.num_heads if len(model.blocks) else 1
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.model.blocks
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.patch_embed(images)
+        x = m._pos_embed(x)
+        x = m.patch_drop(x)
+        return m.norm_pre(x)
+
+    def finish(self, tokens: torch.Tensor, need_tokens: bool = False):
+        tokens = self.model.norm(tokens)
+        return self.model.forward_head(tokens, pre_logits=True), tokens
+
+    def data_config(self) -> dict[str, Any]:
+        return _timm_data_config(self.model)
+
+
+@register_adapter
+class TimmGenericAdapter(BackboneAdapter):
+    """Any other timm model (ResNet, ConvNeXt, ...): pixel prompts and baselines, no token prompts."""
+
+    supports_token_prompts = False
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        return hasattr(model, "forward_features") and hasattr(model, "forward_head") and hasattr(model, "pretrained_cfg")
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__(model, name)
+        self.feature_dim = getattr(model, "head_hidden_size", None) or model.num_features
+        self.embed_dim = self.feature_dim
+
+    @property
+    def blocks(self) -> list:
+        return []
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    def data_config(self) -> dict[str, Any]:
+        return _timm_data_config(self.model)

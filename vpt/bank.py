@@ -1,0 +1,182 @@
+"""Multi-task prompt bank: one frozen backbone, many prompt files, mixed-task batches in one forward pass.
+
+Each task brings token prompts (any length, any prompted layers), a pixel prompt, or neither, plus its own
+head. For a batch, per-layer prompts are gathered per sample from a padded stack; a task's unused
+(padding) prompt slots are hidden from attention with an additive key bias, so each sample's output
+equals running its own task alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BackboneAdapter, wrap_model
+from .errors import ConfigError, PromptFileError
+from .model import PromptedModel
+from .prompt_file import check_backbone, load_prompted_model
+from .prompts import insert_or_replace
+
+
+@dataclass
+class _Task:
+    name: str
+    prompts: dict[int, torch.Tensor]  # layer -> (P, D), projection applied
+    pixel: torch.Tensor | None  # (3, H, W) additive image
+    head: dict
+    class_names: list[str] | None
+
+
+class PromptBank(nn.Module):
+    """``bank(images, tasks)`` → logits (B, C_max), each row padded with -inf past its task's class count."""
+
+    def __init__(self, backbone: nn.Module | BackboneAdapter) -> None:
+        super().__init__()
+        self.backbone = wrap_model(backbone)
+        self.backbone.requires_grad_(False).eval()
+        self.fingerprint = self.backbone.fingerprint()
+        self._tasks: dict[str, _Task] = {}
+        self._stack: dict | None = None
+
+    # ---- task management -----------------------------------------------------------------
+    @property
+    def tasks(self) -> list[str]:
+        return list(self._tasks)
+
+    def add_task(self, name: str, source) -> None:
+        """Add a task from a prompt file path or a PromptedModel built on the same backbone weights."""
+        if name in self._tasks:
+            raise ConfigError(f"task {name!r} is already in the bank; remove_task({name!r}) first")
+        if isinstance(source, PromptedModel):
+            model = source
+            if model.backbone_fingerprint != self.fingerprint:
+                raise PromptFileError(f"task {name!r} was trained on other backbone weights than this bank's")
+        else:
+            from .prompt_file import read_prompt_file
+
+            manifest, _ = read_prompt_file(source)
+            check_backbone(manifest, self.fingerprint, self.backbone.name, source)
+            model = load_prompted_model(source, backbone=self.backbone)
+        if not model.backbone_frozen or model.prompt_config.method == "bias":
+            raise ConfigError(f"task {name!r} tunes backbone weights (prompt={model.prompt_config.method}); "
+                              "a bank shares one frozen backbone, so only prompt and linear-probe tasks fit")
+        model.eval()
+        device = next(self.backbone.parameters()).device
+        prompts = {k: v.detach().to(device) for k, v in model.token_prompts.effective().items()} if model.token_prompts else {}
+        pixel = model.pixel_prompt.prompt_image()[0].detach().to(device) if model.pixel_prompt is not None else None
+        spec = model.head.head_spec() if hasattr(model.head, "head_spec") else None
+        if spec is None:
+            raise ConfigError(f"task {name!r} has no linear or zero-shot head")
+        spec = {k: (v.detach().to(device) if torch.is_tensor(v) else v) for k, v in spec.items()}
+        self._tasks[name] = _Task(name, prompts, pixel, spec, model.class_names)
+        self._stack = None
+
+    def remove_task(self, name: str) -> None:
+        if name not in self._tasks:
+            raise ConfigError(f"no task {name!r} in the bank; tasks: {self.tasks}")
+        del self._tasks[name]
+        self._stack = None
+
+    def class_names(self, name: str) -> list[str] | None:
+        return self._tasks[name].class_names
+
+    # ---- stacked tensors, rebuilt when tasks change -----------------------------------------
+    def _build_stack(self) -> dict:
+        tasks = list(self._tasks.values())
+        if not tasks:
+            raise ConfigError("the prompt bank is empty; add_task(name, prompt_file) first")
+        num_layers, dim = self.backbone.num_layers, self.backbone.embed_dim
+        device = next(self.backbone.parameters()).device
+        max_len = max((p.shape[0] for t in tasks for p in t.prompts.values()), default=0)
+        first_layer = min((min(t.prompts) for t in tasks if t.prompts), default=num_layers)
+        layers = {}
+        for layer in range(first_layer, num_layers):
+            if not any(layer in t.prompts for t in tasks):
+                continue
+            stacked = torch.zeros(len(tasks), max_len, dim, device=device)
+            has = torch.zeros(len(tasks), dtype=torch.bool, device=device)
+            for i, t in enumerate(tasks):
+                if layer in t.prompts:
+                    stacked[i, : t.prompts[layer].shape[0]] = t.prompts[layer]
+                    has[i] = True
+            layers[layer] = (stacked, has, bool(has.all()))
+        # a prompt slot is visible at layer l if its task has started prompting and the slot is within its length
+        visible = torch.zeros(num_layers, len(tasks), max_len, dtype=torch.bool, device=device)
+        for i, t in enumerate(tasks):
+            if t.prompts:
+                length = next(iter(t.prompts.values())).shape[0]
+                visible[min(t.prompts):, i, :length] = True
+        needs_mask = [bool((~visible[layer, :, :]).any()) for layer in range(num_layers)]
+        h, w = self.backbone.data_config()["input_size"][1:]
+        pixel = torch.zeros(len(tasks), 3, h, w, device=device)
+        for i, t in enumerate(tasks):
+            if t.pixel is not None:
+                pixel[i] = t.pixel
+        max_classes = max(t.head["weight"].shape[0] for t in tasks)
+        feat = self.backbone.feature_dim
+        weight = torch.zeros(len(tasks), max_classes, feat, device=device)
+        bias = torch.full((len(tasks), max_classes), float("-inf"), device=device)
+        normalize = torch.zeros(len(tasks), dtype=torch.bool, device=device)
+        scale = torch.ones(len(tasks), device=device)
+        for i, t in enumerate(tasks):
+            c = t.head["weight"].shape[0]
+            weight[i, :c] = t.head["weight"]
+            bias[i, :c] = t.head["bias"]
+            normalize[i] = bool(t.head["normalize"])
+            scale[i] = float(t.head["scale"])
+        return {"names": [t.name for t in tasks], "max_len": max_len, "first_layer": first_layer, "layers": layers,
+                "visible": visible, "needs_mask": needs_mask, "pixel": pixel, "has_pixel": any(t.pixel is not None for t in tasks),
+                "weight": weight, "bias": bias, "normalize": normalize, "scale": scale,
+                "any_normalize": bool(normalize.any())}
+
+    def task_indices(self, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        if self._stack is None:
+            self._stack = self._build_stack()
+        if torch.is_tensor(tasks):
+            return tasks.long()
+        lookup = {n: i for i, n in enumerate(self._stack["names"])}
+        unknown = sorted(set(tasks) - set(lookup))
+        if unknown:
+            raise ConfigError(f"unknown task(s) {unknown}; bank tasks: {self.tasks}")
+        return torch.tensor([lookup[t] for t in tasks], dtype=torch.long)
+
+    # ---- forward ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward_features(self, images: torch.Tensor, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        index = self.task_indices(tasks).to(images.device)
+        stack, backbone = self._stack, self.backbone
+        if stack["has_pixel"]:
+            images = images + stack["pixel"][index].to(images.dtype)
+        tokens = backbone.embed(images)
+        num_prefix, max_len, inserted = backbone.num_prefix_tokens, stack["max_len"], False
+        for layer, block in enumerate(backbone.blocks):
+            if layer in stack["layers"]:
+                stacked, has, all_have = stack["layers"][layer]
+                prompts = stacked[index].to(tokens.dtype)
+                if inserted and not all_have:  # tasks without prompts here keep the previous prompt outputs
+                    keep = ~has[index]
+                    prompts = torch.where(keep[:, None, None], tokens[:, num_prefix:num_prefix + max_len], prompts)
+                tokens = insert_or_replace(tokens, prompts, num_prefix, max_len if inserted else 0)
+                inserted = True
+            bias = None
+            if inserted and stack["needs_mask"][layer]:
+                hidden = ~stack["visible"][layer][index]
+                key_padding = F.pad(hidden, (num_prefix, tokens.shape[1] - num_prefix - max_len), value=False)
+                bias = backbone.attention_bias(key_padding).to(tokens.dtype)
+            tokens = backbone.run_block(layer, tokens, bias)
+        if inserted:
+            tokens = torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix + max_len:]], dim=1)
+        return backbone.finish(tokens)[0]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        features = self.forward_features(images, tasks).float()
+        index = self.task_indices(tasks).to(features.device)
+        stack = self._stack
+        if stack["any_normalize"]:
+            features = torch.where(stack["normalize"][index][:, None], F.normalize(features, dim=-1), features)
+        logits = torch.einsum("bf,bcf->bc", features, stack["weight"][index]) * stack["scale"][index][:, None]
+        return logits + stack["bias"][index]

@@ -1,0 +1,64 @@
+"""VPT token prompts (Jia et al., ECCV 2022)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class TokenPrompts(nn.Module):
+    """Learnable prompt tokens for a set of layers.
+
+    The first prompted layer *inserts* P tokens right after the class/register tokens; every later
+    prompted layer *replaces* the previous layer's prompt outputs with fresh tokens (VPT-deep). Layers
+    without prompts carry the previous prompt outputs forward.
+    """
+
+    def __init__(
+        self,
+        layers: list[int],
+        length: int,
+        embed_dim: int,
+        patch_size: tuple[int, int],
+        dropout: float = 0.0,
+        project_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        self.layers = list(layers)
+        self.length = length
+        self.embed_dim = embed_dim
+        self.slot = {layer: i for i, layer in enumerate(self.layers)}
+        width = project_dim or embed_dim
+        self.embeddings = nn.Parameter(torch.zeros(len(self.layers), length, width))
+        # VPT's init: uniform(-v, v), v = sqrt(6 / (3 * patch_area + width)) (xavier on the patch conv's fan)
+        bound = math.sqrt(6.0 / float(3 * patch_size[0] * patch_size[1] + width))
+        nn.init.uniform_(self.embeddings, -bound, bound)
+        self.projection = nn.Linear(project_dim, embed_dim) if project_dim else None
+        if self.projection is not None:
+            nn.init.kaiming_normal_(self.projection.weight, a=0, mode="fan_out")
+        self.dropout = nn.Dropout(dropout)
+
+    def prompts_at(self, layer: int, batch_size: int) -> torch.Tensor | None:
+        """(B, P, D) prompts entering ``layer``, or None if the layer has none."""
+        slot = self.slot.get(layer)
+        if slot is None:
+            return None
+        prompts = self.embeddings[slot]
+        if self.projection is not None:
+            prompts = self.projection(prompts)
+        return self.dropout(prompts.expand(batch_size, -1, -1))
+
+    @torch.no_grad()
+    def effective(self) -> dict[int, torch.Tensor]:
+        """Layer → (P, D) prompts as the backbone sees them in eval mode (projection applied)."""
+        out = {}
+        for layer, slot in self.slot.items():
+            p = self.embeddings[slot]
+            out[layer] = self.projection(p) if self.projection is not None else p
+        return out
+
+
+def insert_or_replace(tokens: torch.Tensor, prompts: torch.Tensor, num_prefix: int, current_length: int) -> torch.Tensor:
+    """[prefix, old prompts (current_length), patches] → [prefix, prompts, patches]."""
+    return torch.cat([tokens[:, :num_prefix], prompts.to(tokens.dtype), tokens[:, num_prefix + current_length:]], dim=1)
