@@ -111,7 +111,7 @@ class BackboneAdapter(nn.Module):
         for key, tensor in sorted(self.model.state_dict().items()):
             digest.update(key.encode())
             digest.update(str(tuple(tensor.shape)).encode())
-            t = tensor.detach().cpu().contiguous()
+            t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
             digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return digest.hexdigest()
 

@@ -64,7 +64,9 @@ def create_timm_backbone(name: str, pretrained: Any = False, **kwargs) -> Backbo
                 model = timm.create_model(name, pretrained=False, **kwargs)
                 model.load_pretrained(path)
             else:
-                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
+                # keep the caller's overlay (e.g. input_size of a shrunk ViT) and point it at the file
+                overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), "file": path}
+                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         except WeightsUnavailableError:
             raise
         except Exception as err:  # torch/safetensors raise many kinds for a bad file

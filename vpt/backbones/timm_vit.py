@@ -50,7 +50,11 @@ class TimmViTAdapter(BackboneAdapter):
         return self.model.forward_head(tokens, pre_logits=True), tokens
 
     def data_config(self) -> dict[str, Any]:
-        return _timm_data_config(self.model)
+        cfg = _timm_data_config(self.model)
+        img_size = getattr(self.model.patch_embed, "img_size", None)
+        if img_size is not None:  # the pretrained cfg keeps 224 when the model was built at another size
+            cfg["input_size"] = (cfg["input_size"][0], *img_size)
+        return cfg
 
 
 @register_adapter
