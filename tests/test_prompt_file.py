@@ -1,0 +1,106 @@
+"""Prompt files: trainables only, exact reload, clear errors for the wrong backbone or a broken file."""
+import json
+import os
+
+import pytest
+import torch
+
+import vpt
+from vpt import PromptConfig, PromptedModel
+from conftest import tiny_vit
+
+
+@pytest.fixture
+def backbone_file(tmp_path):
+    """A randomly initialised timm ViT saved as a local "pretrained" checkpoint."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "vit_small_random.safetensors"
+    model = vpt.create_backbone("vit_small_patch16_224").model
+    save_file(model.state_dict(), str(path))
+    return str(path)
+
+
+def _trained(model, steps=2):
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(2, 3, *model.input_size[1:])).logsumexp(-1).mean().backward()
+        opt.step()
+    return model.eval()
+
+
+def test_roundtrip_on_fresh_backbone_is_exact_and_small(tmp_path, backbone_file):
+    names = [f"c{i}" for i in range(10)]
+    model = _trained(PromptedModel("vit_small_patch16_224", PromptConfig("deep", length=10), num_classes=10,
+                                   class_names=names, pretrained=backbone_file))
+    out_dir = model.save_prompt(tmp_path / "task")
+    assert sorted(os.listdir(out_dir)) == ["prompt.json", "prompt.safetensors"]
+    manifest = json.loads((out_dir / "prompt.json").read_text())
+    assert manifest["backbone"]["name"] == "vit_small_patch16_224"
+    assert manifest["backbone"]["fingerprint"] == model.backbone_fingerprint
+    assert manifest["prompt"]["method"] == "deep" and manifest["prompt"]["length"] == 10
+    assert manifest["class_names"] == names and manifest["vpt_version"] == vpt.__version__
+    # no backbone weights: file size within 5% of the trainable tensors' bytes
+    tensor_bytes = sum(p.numel() * p.element_size() for p in model.trainable_parameters())
+    assert tensor_bytes == (12 * 10 * 384 + 384 * 10 + 10) * 4
+    assert abs(os.path.getsize(out_dir / "prompt.safetensors") - tensor_bytes) <= 0.05 * tensor_bytes
+
+    fresh = PromptedModel.from_prompt_file(out_dir, pretrained=backbone_file).eval()  # backbone rebuilt from the manifest
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    assert fresh.class_names == names
+
+
+def test_load_into_existing_model_and_shape_mismatch(tmp_path):
+    vit = tiny_vit()
+    model = _trained(PromptedModel(vit, PromptConfig("deep", length=4), num_classes=3))
+    model.save_prompt(tmp_path / "p")
+    same = PromptedModel(vit, PromptConfig("deep", length=4), num_classes=3).load_prompt(tmp_path / "p").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(same(x), model(x))
+    other = PromptedModel(vit, PromptConfig("deep", length=6), num_classes=3)
+    with pytest.raises(vpt.PromptFileError, match="does not fit this model"):
+        other.load_prompt(tmp_path / "p")
+
+
+def test_file_for_another_backbone_is_refused(tmp_path):
+    model = PromptedModel(tiny_vit(), PromptConfig("deep", length=4), num_classes=3)
+    model.save_prompt(tmp_path / "p")
+    other_weights = tiny_vit()  # same architecture, other weights
+    with pytest.raises(vpt.PromptFileError, match="was made for backbone"):
+        PromptedModel.from_prompt_file(tmp_path / "p", backbone=other_weights)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "manifest", "missing"])
+def test_corrupt_or_truncated_file_gives_one_clear_error(tmp_path, damage):
+    model = PromptedModel(tiny_vit(), PromptConfig("deep", length=4), num_classes=3)
+    out = model.save_prompt(tmp_path / "p")
+    weights = out / "prompt.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00" * 64)
+    elif damage == "manifest":
+        (out / "prompt.json").write_text("{not json")
+    else:
+        weights.unlink()
+    with pytest.raises(vpt.PromptFileError) as info:
+        model.load_prompt(out)
+    assert any(word in str(info.value) for word in ("corrupt", "truncated", "missing"))
+
+
+def test_pixel_prompt_and_bias_files(tmp_path):
+    vit = tiny_vit()
+    pad = _trained(PromptedModel(vit, PromptConfig("pad", size=4), num_classes=3))
+    pad.save_prompt(tmp_path / "pad")
+    again = PromptedModel.from_prompt_file(tmp_path / "pad", backbone=vit).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), pad(x))
+    bias = PromptedModel(tiny_vit(), PromptConfig("bias"), num_classes=3)
+    keys = set(bias.trainable_state_dict())
+    assert keys and all(k.endswith("bias") or k.startswith("head.") for k in keys)

@@ -1,0 +1,103 @@
+"""``build_data``: config -> :class:`DataBundle` of train / val / test datasets and their loaders."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch.utils.data import Dataset
+
+from .catalog import load_splits
+from .datasets import CachedImageDataset, LazyImageDataset
+from .loaders import DeviceBatchLoader, DeviceDataLoader, make_loader
+from .preprocess import Preprocess
+from .protocol import apply_protocol
+from .sources import ImageSource
+from .spec import DataSpec
+
+log = logging.getLogger(__name__)
+
+# With data.cache unset, cache when all decoded splits together take at most this much memory
+CACHE_AUTO_MAX_BYTES = 2 * 1024**3
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataBundle:
+    """Datasets return ``(normalised float (3, H, W), int label)``; labels are 0..num_classes-1."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    class_names: list[str]
+    preprocess: Preprocess | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {split: len(ds) for split in SPLITS if (ds := getattr(self, split)) is not None}
+
+    def loaders(self, batch_size: int, num_workers: int = 0, device: str | torch.device = "cpu", seed: int = 0,
+                eval_batch_size: int | None = None) -> dict[str, DeviceBatchLoader | DeviceDataLoader]:
+        """Loaders for the splits that exist: 'train' is shuffled with a ``seed``-ed generator.
+
+        Cached datasets get a :class:`DeviceBatchLoader` (``num_workers`` unused), others a DataLoader.
+        Batches arrive on ``device`` either way.
+        """
+        loaders = {}
+        for split in SPLITS:
+            dataset = getattr(self, split)
+            if dataset is None:
+                continue
+            size = batch_size if split == "train" else (eval_batch_size or batch_size)
+            loaders[split] = make_loader(dataset, size, shuffle=split == "train", num_workers=num_workers,
+                                         device=device, seed=seed)
+        return loaders
+
+
+def _should_cache(spec: DataSpec, sources: Mapping[str, ImageSource], preprocess: Preprocess) -> bool:
+    if spec.cache is not None:
+        return bool(spec.cache)
+    height, width = preprocess.size
+    decoded_bytes = sum(len(src) for src in sources.values()) * 3 * height * width
+    return decoded_bytes <= CACHE_AUTO_MAX_BYTES
+
+
+def build_data(data_cfg: Mapping[str, Any], data_config: Mapping[str, Any], seed: int = 0) -> DataBundle:
+    """Load ``data_cfg.name``, apply the sampling protocol, and wrap the splits for the backbone.
+
+    data_cfg keys (only ``name`` is required):
+        name: digits | imagefolder | list | vtab | fgvc | a torchvision dataset (cifar10, dtd, ...).
+        root: dataset folder. download: let torchvision download into root (default false).
+        classes: class indices or names to keep, relabelled 0..k-1 in the given order.
+        num_shots: k images per class for training (per ``seed``).
+        train_size / val_size: VTAB-1k style sizes drawn per ``seed`` (val from train if there is no val
+            split); train_on_trainval: train on train + val (val is still reported).
+        val_fraction: fraction of train held out as val when the dataset has no val split (default 0).
+        cache: decode everything once into memory (default: when it takes <= 2 GiB).
+        augment: none | flip_crop (train only). max_per_class_test: cap the test split per class.
+    data_config: the backbone's preprocessing (timm ``resolve_data_config``): input_size, mean, std,
+        interpolation, crop_pct.
+    """
+    spec = DataSpec.from_mapping(data_cfg)
+    preprocess = Preprocess.from_data_config(data_config)
+    splits = apply_protocol(load_splits(spec), spec, seed)
+    sources = {split: src for split in SPLITS if (src := getattr(splits, split)) is not None}
+    cache = _should_cache(spec, sources, preprocess)
+    log.info("data %s: %s, %d classes, %s", spec.name, {k: len(v) for k, v in sources.items()},
+             len(splits.class_names), "cached in memory" if cache else "decoded on the fly")
+
+    def wrap(split: str) -> Dataset | None:
+        source = sources.get(split)
+        if source is None:
+            return None
+        augment = spec.augment if split == "train" else "none"
+        if cache:
+            return CachedImageDataset.from_source(source, preprocess, augment)
+        return LazyImageDataset(source, preprocess, augment)
+
+    return DataBundle(wrap("train"), wrap("val"), wrap("test"), list(splits.class_names), preprocess)

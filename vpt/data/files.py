@@ -1,0 +1,164 @@
+"""Datasets laid out as files on disk: class folders (ImageFolder) and annotation lists (VTAB, FGVC)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+from ..errors import ConfigError
+from .sources import FileImageSource, SourceSplits
+from .spec import DataSpec
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+CLASS_NAMES_FILE = "classnames.txt"
+Annotations = tuple[list[str], list[int]]  # (relative paths, labels)
+
+
+def require_root(spec: DataSpec, hint: str = "") -> Path:
+    """``data.root`` as an existing path, or a ConfigError that says what to pass."""
+    example = f"data.root=/path/to/{spec.name}"
+    if spec.root is None:
+        raise ConfigError(f"dataset {spec.name!r} needs its files: pass {example}{hint}")
+    root = Path(spec.root).expanduser()
+    if not root.exists():
+        raise ConfigError(f"data root {str(root)!r} does not exist; pass {example}{hint}")
+    return root
+
+
+# --- class folders ------------------------------------------------------------------------------------
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _scan_class_folders(folder: Path, class_names: Sequence[str]) -> FileImageSource:
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue  # a class may be absent from val/test
+        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+        paths += [str(class_dir / f) for f in files]
+        labels += [label] * len(files)
+    return FileImageSource(paths, labels)
+
+
+def build_imagefolder(spec: DataSpec) -> SourceSplits:
+    """``root/{train,val,test}/<class>/<image>`` (val, test optional), or ``root/<class>/<image>`` as train."""
+    root = require_root(spec)
+    split_dirs = {split: root / split for split in ("train", "val", "test") if (root / split).is_dir()}
+    if "train" not in split_dirs:
+        if split_dirs:
+            raise ConfigError(f"{root} has {', '.join(split_dirs)}/ but no train/ folder of class folders")
+        split_dirs = {"train": root}
+    class_names = _subfolders(split_dirs["train"])
+    if not class_names:
+        raise ConfigError(f"no class folders in {split_dirs['train']}; expected <class>/<image> under it")
+    for split in ("val", "test"):
+        unknown = set(_subfolders(split_dirs[split])) - set(class_names) if split in split_dirs else set()
+        if unknown:
+            raise ConfigError(f"{split_dirs[split]} has classes missing from train/: {', '.join(sorted(unknown))}")
+    sources = {split: _scan_class_folders(folder, class_names) for split, folder in split_dirs.items()}
+    if len(sources["train"]) == 0:
+        raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dirs['train']}")
+    return SourceSplits(sources["train"], sources.get("val"), sources.get("test"), class_names)
+
+
+# --- annotation lists -----------------------------------------------------------------------------------
+def read_list_file(path: Path) -> Annotations:
+    """Lines of ``relative/path label`` (the path may contain spaces; the label is the last field)."""
+    paths, labels = [], []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.strip().rsplit(maxsplit=1)
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            raise ConfigError(f"{path}:{line_number}: expected 'relative/path label', got {line!r}")
+        paths.append(fields[0])
+        labels.append(int(fields[1]))
+    return paths, labels
+
+
+def read_json_split(path: Path) -> Annotations:
+    """VPT's FGVC format: ``{"relative/path": label, ...}``."""
+    try:
+        mapping = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{path} should hold a {{\"relative/path\": label}} object")
+    return list(mapping), [int(label) for label in mapping.values()]
+
+
+def _read_first(root: Path, candidates: Sequence[str]) -> Annotations | None:
+    for filename in candidates:
+        path = root / filename
+        if path.is_file():
+            return read_json_split(path) if path.suffix == ".json" else read_list_file(path)
+    return None
+
+
+def _read_class_names(root: Path, default: Sequence[str]) -> list[str]:
+    path = root / CLASS_NAMES_FILE
+    if not path.is_file():
+        return list(default)
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) < len(default):
+        raise ConfigError(f"{path} lists {len(names)} class names but the labels need {len(default)}")
+    return names[: len(default)]
+
+
+def _annotated_splits(root: Path, split_files: Mapping[str, Sequence[str]], contiguous_labels: bool) -> SourceSplits:
+    """Splits from annotation files; ``contiguous_labels`` maps sorted label values to 0..C-1."""
+    annotations = {split: _read_first(root, files) for split, files in split_files.items()}
+    if annotations["train"] is None:
+        expected = " or ".join(split_files["train"])
+        raise ConfigError(f"no training list in {root}: expected {expected} with lines/entries 'relative/path label'")
+    label_values = sorted(set().union(*(set(a[1]) for a in annotations.values() if a is not None)))
+    if not label_values:
+        raise ConfigError(f"the annotation lists under {root} are empty")
+    if contiguous_labels:
+        label_map = {value: i for i, value in enumerate(label_values)}
+        default_names = [str(value) for value in label_values]
+    else:
+        if label_values[0] < 0:
+            raise ConfigError(f"negative label {label_values[0]} in the lists under {root}")
+        label_map = {value: value for value in label_values}
+        default_names = [str(i) for i in range(label_values[-1] + 1)]
+    # VPT keeps FGVC images under root/images; VTAB lists are relative to root itself
+    first_path = annotations["train"][0][0] if annotations["train"][0] else ""
+    image_dir = root / "images" if (root / "images" / first_path).exists() else root
+
+    def source(entries: Annotations | None) -> FileImageSource | None:
+        if entries is None:
+            return None
+        paths, labels = entries
+        return FileImageSource([str(image_dir / p) for p in paths], [label_map[label] for label in labels])
+
+    return SourceSplits(
+        train=source(annotations["train"]),
+        val=source(annotations.get("val")),
+        test=source(annotations.get("test")),
+        class_names=_read_class_names(root, default_names),
+        trainval=source(annotations.get("trainval")),
+    )
+
+
+VTAB_LIST_FILES = {
+    "train": ("train800.txt", "train.txt"),
+    "val": ("val200.txt", "val.txt"),
+    "trainval": ("train800val200.txt", "trainval.txt"),
+    "test": ("test.txt",),
+}
+FGVC_SPLIT_FILES = {split: (f"{split}.json", f"{split}.txt") for split in ("train", "val", "test")}
+
+
+def build_list(spec: DataSpec) -> SourceSplits:
+    """The extracted VTAB-1k layout: images under root plus ``train800.txt``, ``val200.txt``, ... lists."""
+    return _annotated_splits(require_root(spec), VTAB_LIST_FILES, contiguous_labels=False)
+
+
+def build_fgvc(spec: DataSpec) -> SourceSplits:
+    """FGVC (VPT layout): ``root/images/...`` plus ``{train,val,test}.json`` or ``.txt`` annotations."""
+    return _annotated_splits(require_root(spec), FGVC_SPLIT_FILES, contiguous_labels=True)

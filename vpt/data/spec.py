@@ -1,0 +1,74 @@
+"""The ``data`` config group, parsed and validated once so the rest of the package can trust it."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+AUGMENTATIONS = ("none", "flip_crop")
+
+
+def plain_mapping(cfg: Any) -> dict[str, Any]:
+    """A plain dict from a dict-like config (an OmegaConf ``DictConfig`` is resolved first)."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # omegaconf is a dependency, but the data layer does not need it otherwise
+        OmegaConf = None
+    if OmegaConf is not None and OmegaConf.is_config(cfg):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"expected a mapping for the data config, got {type(cfg).__name__}")
+    return dict(cfg)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to load and which samples to keep. Field docs are in :func:`vpt.data.build_data`."""
+
+    name: str
+    root: str | None = None
+    download: bool = False
+    classes: tuple[int | str, ...] | None = None
+    num_shots: int | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    train_on_trainval: bool = False
+    val_fraction: float = 0.0
+    cache: bool | None = None  # None: cache when the decoded splits fit in memory comfortably
+    augment: str = "none"
+    max_per_class_test: int | None = None
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> "DataSpec":
+        values = plain_mapping(cfg)
+        if not values.get("name"):
+            raise ConfigError("data.name is required, e.g. data.name=digits")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:  # other parts of the config may share this group, so warn instead of failing
+            log.warning("data config keys not used by the data layer: %s", ", ".join(unknown))
+        values = {k: v for k, v in values.items() if k in known}
+        if values.get("classes") is not None:
+            values["classes"] = tuple(values["classes"])
+        if values.get("root") is not None:
+            values["root"] = str(values["root"])
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        for key in ("num_shots", "train_size", "val_size", "max_per_class_test"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"data.{key} must be a positive integer or null, got {value!r}")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.num_shots is not None and self.train_size is not None:
+            raise ConfigError("data.num_shots and data.train_size both pick the training samples; set only one")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"data.classes has duplicates: {list(self.classes)}")
