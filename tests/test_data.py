@@ -321,3 +321,16 @@ def test_augmentation_applies_to_train_only_and_accepts_dictconfig():
     assert pixels.min() > -1e-5 and pixels.max() < 1 + 1e-5  # interpolation stays in the pixel range
     with pytest.raises(ConfigError, match="data.augment"):
         build_data({"name": "digits", "augment": "mixup"}, DATA_CONFIG)
+
+
+def test_class_subset_labels_survive_resampling():
+    """Regression: VTAB-style resampling of a class subset kept the original (un-remapped) labels."""
+    from vpt.data import build_data
+
+    data_config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    for extra in ({"train_size": 50, "val_size": 20}, {"train_size": 50, "val_size": 20, "train_on_trainval": True}, {"num_shots": 3}):
+        bundle = build_data({"name": "digits", "classes": [5, 6, 7, 8, 9], **extra}, data_config, seed=1)
+        labels = {int(bundle.train[i][1]) for i in range(len(bundle.train))}
+        assert labels == {0, 1, 2, 3, 4}, extra
+        if bundle.val is not None:
+            assert {int(bundle.val[i][1]) for i in range(len(bundle.val))} <= {0, 1, 2, 3, 4}

@@ -71,10 +71,12 @@ class SubsetSource:
 
     def __init__(self, base: ImageSource, indices: Sequence[int], labels: Sequence[int] | None = None):
         indices = np.asarray(indices, dtype=np.int64)
+        if labels is None:  # before flattening: a subset's labels may be remapped (class subsets)
+            labels = base.labels[indices]
         if isinstance(base, SubsetSource):  # flatten so loading stays one lookup deep
             indices, base = base.indices[indices], base.base
         self.base, self.indices = base, indices
-        self.labels = base.labels[indices] if labels is None else np.asarray(labels, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
