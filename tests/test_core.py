@@ -256,3 +256,15 @@ def test_image_size_not_divisible_by_patch_is_reported():
     backbone = vpt.wrap_model(tiny_vit())
     with pytest.raises(vpt.ConfigError, match="not divisible by the patch size 8x8"):
         backbone.check_input_size(30, 32)
+
+
+def test_whole_open_clip_instance_brings_its_text_tower():
+    import open_clip
+
+    clip = open_clip.create_model("ViT-B-32").eval()
+    model = PromptedModel(clip, PromptConfig("shallow", length=2), num_classes=0)
+    assert model.backbone.clip_model is clip
+    assert not any("token_embedding" in name for name, _ in model.named_parameters())  # text tower not in the model
+    assert sum(p.numel() for p in model.backbone.parameters()) == sum(p.numel() for p in clip.visual.parameters())
+    head = vpt.ZeroShotHead.from_clip(model.backbone.clip_model, model.backbone.tokenizer, ["a", "b", "c"])
+    assert head.weight.shape == (3, 512)

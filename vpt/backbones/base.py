@@ -67,6 +67,23 @@ class BackboneAdapter(nn.Module):
         block = self.blocks[index]
         return block(tokens) if attn_bias is None else block(tokens, attn_mask=attn_bias)
 
+    # ---- optional fast path for prompted layers (see TimmViTAdapter) ------------------------------
+    def supports_prompted_block(self, index: int) -> bool:
+        """True if :meth:`run_prompted_block` can run block ``index``."""
+        return False
+
+    def run_prompted_block(self, index: int, tokens: torch.Tensor, prompts: torch.Tensor | None,
+                           num_queries: int | None = None) -> torch.Tensor:
+        """Block ``index`` on ``[prefix, prompts (P, D) shared by the batch, rest of tokens]``, returning only the
+        non-prompt rows (the first ``num_queries`` of them if given): prompts serve as keys and values only."""
+        raise NotImplementedError
+
+    @property
+    def pools_first_token(self) -> bool:
+        """True if ``finish``'s pooled feature reads only the first (class) token, so the last block may
+        compute the prefix rows only."""
+        return False
+
     def finish(self, tokens: torch.Tensor, need_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Final norm + the model's own pooling: (pooled pre-logits feature, final tokens)."""
         raise NotImplementedError

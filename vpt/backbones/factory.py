@@ -106,8 +106,7 @@ def create_open_clip_backbone(name: str, pretrained: Any = False, **kwargs) -> B
         if os.path.isfile(str(weights)):
             raise _corrupt_error(str(weights), err) from err
         raise _offline_error(f"{name}:{weights}", "the open_clip / Hugging Face hub", err) from err
-    adapter = wrap_model(model.visual, name=f"open_clip:{name}")
-    adapter.clip_model = model  # text tower for zero-shot heads; not a submodule of the adapter
+    adapter = wrap_model(model, name=f"open_clip:{name}")  # image tower; text tower kept for zero-shot heads
     adapter.tokenizer = open_clip.get_tokenizer(name)
     return adapter
 

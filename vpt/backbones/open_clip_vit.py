@@ -19,9 +19,14 @@ class OpenCLIPViTAdapter(BackboneAdapter):
             from open_clip.transformer import VisionTransformer
         except ImportError:  # open_clip is optional for timm-only users
             return False
-        return isinstance(model, VisionTransformer)
+        # the image tower itself, or a whole CLIP model (then its text tower serves zero-shot heads)
+        return isinstance(model, VisionTransformer) or isinstance(getattr(model, "visual", None), VisionTransformer)
 
     def __init__(self, model: nn.Module, name: str) -> None:
+        clip_model = None
+        if hasattr(model, "visual") and hasattr(model, "encode_text"):
+            clip_model, model = model, model.visual
+            name = name if name != type(clip_model).__name__ else "open_clip:" + type(clip_model).__name__
         super().__init__(model, name)
         if not getattr(model.transformer, "batch_first", True):
             raise TypeError("vpt needs an open_clip vision tower built with batch_first=True (the default)")
@@ -30,8 +35,21 @@ class OpenCLIPViTAdapter(BackboneAdapter):
         self.num_prefix_tokens = 1
         self.patch_size = tuple(model.patch_size)
         self.num_heads = model.transformer.resblocks[0].attn.num_heads
-        self.clip_model: nn.Module | None = None  # set by create_backbone; kept out of the module tree
+        # kept in a list so the text tower stays out of this module's parameters and state dict
+        self._clip = [clip_model]
         self.tokenizer = None
+        if clip_model is not None:
+            import open_clip
+
+            self.tokenizer = open_clip.tokenize  # OpenAI CLIP BPE; create_backbone sets the model's own
+
+    @property
+    def clip_model(self) -> nn.Module | None:
+        return self._clip[0]
+
+    @clip_model.setter
+    def clip_model(self, model: nn.Module | None) -> None:
+        self._clip = [model]
 
     @property
     def blocks(self) -> nn.ModuleList:

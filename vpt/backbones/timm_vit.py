@@ -4,9 +4,67 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import BackboneAdapter, register_adapter
+
+
+def _is_plain_timm_block(block: nn.Module) -> bool:
+    """A pre-norm timm ``Block`` with the standard ``Attention`` (no gate), which ``_prompted_block`` reproduces."""
+    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import Block
+
+    return type(block) is Block and type(block.attn) is Attention and getattr(block.attn, "gate", None) is None
+
+
+def _attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and not dropout:
+        # timm's own non-fused formula. PyTorch's CPU flash kernel is slow in bf16 without AMX (about 2x slower
+        # forward + backward than these two bf16 matmuls on AVX512-BF16 cores); fp32 and GPU keep fused SDPA.
+        scores = (q * attn.scale) @ k.transpose(-2, -1)
+        return scores.softmax(dim=-1).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+
+
+def _prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | None, num_prefix: int,
+                    num_queries: int | None) -> torch.Tensor:
+    """``block`` on ``[prefix, prompts, rest]`` computed without materialising the prompt rows' outputs.
+
+    ``prompts`` (P, D) are the same for every sample (VPT-deep prompts entering this layer), and their outputs
+    are thrown away by the caller (replaced by fresh prompts at the next layer, or removed at the end). So
+    only their keys and values are needed, and those are computed once for the batch, not per sample.
+    ``num_queries``: only the first ``num_queries`` rows of ``x`` are returned (e.g. the class token in the
+    last layer when the model pools the class token); every row still serves as key and value.
+    Mathematically equal to ``block(cat([x[:, :num_prefix], prompts.expand(B), x[:, num_prefix:]]))`` minus the
+    prompt rows (and the rows past ``num_queries``); numerically equal up to float rounding.
+    """
+    attn = block.attn
+    b, n, _ = x.shape
+    heads, head_dim, width = attn.num_heads, attn.head_dim, attn.attn_dim
+    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    if num_queries is not None:
+        q = q[:, :, :num_queries]
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if prompts is not None:
+        p = prompts.shape[0]
+        weight = attn.qkv.weight[width:]  # key and value rows only: a prompt's query is never used
+        bias = attn.qkv.bias[width:] if attn.qkv.bias is not None else None
+        kv = F.linear(block.norm1(prompts.to(x.dtype)), weight, bias).reshape(p, 2, heads, head_dim).permute(1, 2, 0, 3)
+        kp, vp = kv.unbind(0)
+        kp = attn.k_norm(kp).to(k.dtype)
+        vp = vp.to(v.dtype)
+        k = torch.cat([k[:, :, :num_prefix], kp.expand(b, -1, -1, -1), k[:, :, num_prefix:]], dim=2)
+        v = torch.cat([v[:, :, :num_prefix], vp.expand(b, -1, -1, -1), v[:, :, num_prefix:]], dim=2)
+    out = _attention(attn, q, k, v)
+    rows = out.shape[2]
+    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, rows, width))))
+    if num_queries is not None:
+        x = x[:, :num_queries]
+    x = x + block.drop_path1(block.ls1(out))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
 def _timm_data_config(model: nn.Module) -> dict[str, Any]:
@@ -44,6 +102,18 @@ class TimmViTAdapter(BackboneAdapter):
         x = m._pos_embed(x)
         x = m.patch_drop(x)
         return m.norm_pre(x)
+
+    def supports_prompted_block(self, index: int) -> bool:
+        return _is_plain_timm_block(self.blocks[index])
+
+    def run_prompted_block(self, index: int, tokens: torch.Tensor, prompts: torch.Tensor | None,
+                           num_queries: int | None = None) -> torch.Tensor:
+        return _prompted_block(self.blocks[index], tokens, prompts, self.num_prefix_tokens, num_queries)
+
+    @property
+    def pools_first_token(self) -> bool:
+        m = self.model
+        return m.attn_pool is None and m.global_pool == "token"
 
     def finish(self, tokens: torch.Tensor, need_tokens: bool = False):
         tokens = self.model.norm(tokens)
