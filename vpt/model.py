@@ -168,19 +168,51 @@ class PromptedModel(nn.Module):
         return self.param_summary()["trainable"]
 
     # ---- forward --------------------------------------------------------------------------
-    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Final-block tokens [class/register tokens, patch tokens], prompts removed (before the final norm)."""
+    #: Run prompted layers through the backbone's fast path where it has one (``run_prompted_block``): VPT-deep
+    #: prompts whose outputs the next layer discards get keys/values only, computed once per batch, and the last
+    #: layer computes only the class token when that is all the pooling reads. Same function, fewer FLOPs; set
+    #: False for the straightforward concatenate-then-block evaluation.
+    fast_prompt_path: bool = True
+
+    def forward_tokens(self, images: torch.Tensor, prefix_only: bool = False) -> torch.Tensor:
+        """Final-block tokens [class/register tokens, patch tokens], prompts removed (before the final norm).
+
+        ``prefix_only=True`` allows returning only the class/register tokens (when the fast path can skip the
+        patch rows of the last block); callers must then read the prefix rows only.
+        """
         backbone = self.backbone
         if self.pixel_prompt is not None:
             images = self.pixel_prompt(images)
         tokens = backbone.embed(images)
         num_prefix, prompt_length = backbone.num_prefix_tokens, 0
+        prompts = self.token_prompts
+        fast = prompts is not None and self.fast_prompt_path
+        fresh = set(prompts.layers) if prompts is not None else set()
+        shared = fast and prompts.batch_shared
+        last = backbone.num_layers - 1
         for index, block in enumerate(backbone.blocks):
-            if self.token_prompts is not None:
-                prompts = self.token_prompts.prompts_at(index, tokens.shape[0])
-                if prompts is not None:
-                    tokens = insert_or_replace(tokens, prompts, num_prefix, prompt_length)
-                    prompt_length = prompts.shape[1]
+            if fast and backbone.supports_prompted_block(index):
+                # this layer's prompt outputs are unused: replaced at the next layer or removed after the last
+                discarded = index + 1 in fresh or index == last
+                queries = num_prefix if prefix_only and index == last else None
+                if discarded and shared and index in fresh:
+                    if prompt_length:
+                        tokens = torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix + prompt_length:]], dim=1)
+                    tokens = backbone.run_prompted_block(index, tokens, prompts.shared_at(index), queries)
+                    prompt_length = 0
+                    continue
+                if discarded and queries is not None:
+                    step = prompts.prompts_at(index, tokens.shape[0])
+                    if step is not None:
+                        tokens = insert_or_replace(tokens, step, num_prefix, prompt_length)
+                    tokens = backbone.run_prompted_block(index, tokens, None, queries)
+                    prompt_length = 0
+                    continue
+            if prompts is not None:
+                step = prompts.prompts_at(index, tokens.shape[0])
+                if step is not None:
+                    tokens = insert_or_replace(tokens, step, num_prefix, prompt_length)
+                    prompt_length = step.shape[1]
             tokens = block(tokens)
         if prompt_length:
             tokens = torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix + prompt_length:]], dim=1)
@@ -192,7 +224,8 @@ class PromptedModel(nn.Module):
             if self.pixel_prompt is not None:
                 images = self.pixel_prompt(images)
             return self.backbone.forward_features(images)
-        return self.backbone.finish(self.forward_tokens(images))[0]
+        tokens = self.forward_tokens(images, prefix_only=self.backbone.pools_first_token)
+        return self.backbone.finish(tokens)[0]
 
     def forward_dense(self, images: torch.Tensor) -> torch.Tensor:
         """Final patch-token grid (B, D, H/p, W/p): class, register and prompt tokens removed."""

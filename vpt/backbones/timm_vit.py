@@ -28,13 +28,14 @@ def _attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
 
 
-def _prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | None, num_prefix: int,
+def _prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | None,
                     num_queries: int | None) -> torch.Tensor:
-    """``block`` on ``[prefix, prompts, rest]`` computed without materialising the prompt rows' outputs.
+    """``block`` on ``[prefix, prompts, rest]`` (``x`` = ``[prefix, rest]``) computed without materialising the prompt rows' outputs.
 
     ``prompts`` (P, D) are the same for every sample (VPT-deep prompts entering this layer), and their outputs
     are thrown away by the caller (replaced by fresh prompts at the next layer, or removed at the end). So
-    only their keys and values are needed, and those are computed once for the batch, not per sample.
+    only their keys and values are needed, and those are computed once for the batch, not per sample; the
+    rows of ``x`` (class/register tokens, patches) are computed as in ``block``.
     ``num_queries``: only the first ``num_queries`` rows of ``x`` are returned (e.g. the class token in the
     last layer when the model pools the class token); every row still serves as key and value.
     Mathematically equal to ``block(cat([x[:, :num_prefix], prompts.expand(B), x[:, num_prefix:]]))`` minus the
@@ -42,25 +43,19 @@ def _prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | N
     """
     attn = block.attn
     b, n, _ = x.shape
-    heads, head_dim, width = attn.num_heads, attn.head_dim, attn.attn_dim
-    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    if num_queries is not None:
-        q = q[:, :, :num_queries]
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    qkv = attn.qkv(block.norm1(x))
     if prompts is not None:
-        p = prompts.shape[0]
-        weight = attn.qkv.weight[width:]  # key and value rows only: a prompt's query is never used
-        bias = attn.qkv.bias[width:] if attn.qkv.bias is not None else None
-        kv = F.linear(block.norm1(prompts.to(x.dtype)), weight, bias).reshape(p, 2, heads, head_dim).permute(1, 2, 0, 3)
-        kp, vp = kv.unbind(0)
-        kp = attn.k_norm(kp).to(k.dtype)
-        vp = vp.to(v.dtype)
-        k = torch.cat([k[:, :, :num_prefix], kp.expand(b, -1, -1, -1), k[:, :, num_prefix:]], dim=2)
-        v = torch.cat([v[:, :, :num_prefix], vp.expand(b, -1, -1, -1), v[:, :, num_prefix:]], dim=2)
+        # prompt rows computed once for the whole batch, appended after the sample's rows: attention does not
+        # depend on the order of keys, and putting them last keeps the queries a plain slice
+        qkv_prompts = attn.qkv(block.norm1(prompts.to(x.dtype)))
+        qkv = torch.cat([qkv, qkv_prompts.to(qkv.dtype).expand(b, -1, -1)], dim=1)
+    qkv = qkv.reshape(b, qkv.shape[1], 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q = q[:, :, : n if num_queries is None else num_queries]  # a prompt row's query is never used
+    q, k = attn.q_norm(q), attn.k_norm(k)
     out = _attention(attn, q, k, v)
-    rows = out.shape[2]
-    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, rows, width))))
+    out = out.transpose(1, 2).reshape(b, out.shape[2], attn.attn_dim)
+    out = attn.proj_drop(attn.proj(attn.norm(out)))
     if num_queries is not None:
         x = x[:, :num_queries]
     x = x + block.drop_path1(block.ls1(out))
@@ -108,7 +103,7 @@ class TimmViTAdapter(BackboneAdapter):
 
     def run_prompted_block(self, index: int, tokens: torch.Tensor, prompts: torch.Tensor | None,
                            num_queries: int | None = None) -> torch.Tensor:
-        return _prompted_block(self.blocks[index], tokens, prompts, self.num_prefix_tokens, num_queries)
+        return _prompted_block(self.blocks[index], tokens, prompts, num_queries)
 
     @property
     def pools_first_token(self) -> bool:

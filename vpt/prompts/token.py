@@ -49,6 +49,21 @@ class TokenPrompts(nn.Module):
             prompts = self.projection(prompts)
         return self.dropout(prompts.expand(batch_size, -1, -1))
 
+    def shared_at(self, layer: int) -> torch.Tensor | None:
+        """(P, D) prompts entering ``layer``, the same for every sample, or None if the layer has none.
+
+        Only valid while dropout is inactive (see :attr:`batch_shared`)."""
+        slot = self.slot.get(layer)
+        if slot is None:
+            return None
+        prompts = self.embeddings[slot]
+        return self.projection(prompts) if self.projection is not None else prompts
+
+    @property
+    def batch_shared(self) -> bool:
+        """True if every sample sees the same prompts (no prompt dropout active)."""
+        return not (self.training and self.dropout.p > 0)
+
     @torch.no_grad()
     def effective(self) -> dict[int, torch.Tensor]:
         """Layer → (P, D) prompts as the backbone sees them in eval mode (projection applied)."""

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The issue's CPU benchmark: ViT-S/16 at 224, batch 32, VPT-deep with 50 prompt tokens (shallow 50, pad 30),
+# per-method table in fp32 (step/forward and memory targets are CPU fp32), yardstick with vpt at its fastest
+# CPU precision that keeps accuracy (auto: bf16 autocast where the CPU has AVX512-BF16 / AMX) against the
+# plain timm VPT-deep in fp32, and an 8-task mixed batch through one PromptBank.
+# On 2 cores this takes ~15-25 minutes; raise --steps on a quiet machine for steadier medians.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-experiments/results/bench_cpu.json}
+exec "${PYTHON:-.venv/bin/python}" -m vpt.bench \
+  --backbone vit_small_patch16_224 --img-size 224 --batch-size 32 \
+  --precision fp32 --yardstick-precision auto --device cpu \
+  --methods linear,shallow,deep,pad,full --prompt-length 50 --pad-size 30 --tasks 8 \
+  --warmup 2 --steps 3 --out "$OUT" "$@"

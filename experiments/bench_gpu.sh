@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The issue's GPU benchmark (H100 class): ViT-B/16 at 224, VPT-deep 50 tokens, bf16 autocast, data on the GPU.
+# Step/forward (<= 2.3) and memory vs full fine-tuning (<= 0.7, max_memory_allocated) at batch 128;
+# throughput (>= 3000 img/s) and MFU from the deep row (pass --peak-tflops for GPUs not in vpt.bench's table).
+# Add --compile to torch.compile the model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-experiments/results/bench_gpu.json}
+exec "${PYTHON:-.venv/bin/python}" -m vpt.bench \
+  --backbone vit_base_patch16_224 --img-size 224 --batch-size 128 \
+  --precision bf16 --yardstick-precision bf16 --device cuda \
+  --methods linear,shallow,deep,pad,full --prompt-length 50 --pad-size 30 --tasks 8 \
+  --warmup 5 --steps 20 --out "$OUT" "$@"
