@@ -1,0 +1,141 @@
+"""vpt-train / vpt-eval end to end, as a user runs them (subprocesses, from a foreign directory)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+# One short run on digits 5-9 with the committed digits ViT
+QUICK = ["trainer.epochs=1", "trainer.limit_train_batches=2", "data.train_size=64", "data.val_fraction=0.1",
+         "trainer.batch_size=32", "trainer.progress_bar=false", "prompt.length=2"]
+TIMING = ("train_seconds", "train_images_per_s", "eval_seconds", "epoch_seconds")
+
+
+def vpt(command, *args, cwd, timeout=300, check=None):
+    result = subprocess.run([str(BIN / command), *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                            timeout=timeout)
+    if check is not None:
+        assert result.returncode == check, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def read_results(run_dir):
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def read_history(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_then_eval_the_saved_prompt_file(tmp_path):
+    run = tmp_path / "run"
+    vpt("vpt-train", *QUICK, f"hydra.run.dir={run}", cwd=tmp_path, check=0)
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "results.json", "best/prompt.safetensors",
+                 "best/prompt.json", "last/prompt.safetensors", "resume.pt"):
+        assert (run / name).is_file(), name
+    results = read_results(run)
+    for key in ("method", "backbone", "dataset", "seed", "test_top1", "val_top1", "trainable_params", "total_params",
+                "prompt_file_bytes", "train_seconds", "train_images_per_s"):
+        assert key in results, key
+    assert results["method"] == "deep" and results["dataset"] == "digits"
+    assert results["prompt_file_bytes"] == (run / "best" / "prompt.safetensors").stat().st_size
+    assert 0 < results["trainable_params"] < results["total_params"]
+    assert "prompt:" in (run / "config.yaml").read_text() and "${" not in (run / "config.yaml").read_text()
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+
+    evaluation = tmp_path / "eval"
+    vpt("vpt-eval", f"prompt_file={run}/best", "data=digits_target", "data.train_size=64", "data.val_fraction=0.1",
+        f"hydra.run.dir={evaluation}", cwd=tmp_path, check=0)
+    evaluated = read_results(evaluation)
+    assert evaluated["test_top1"] == pytest.approx(results["test_top1"])
+    assert evaluated["val_top1"] == pytest.approx(results["val_top1"])
+
+
+def test_unknown_group_option_lists_the_valid_names(tmp_path):
+    result = vpt("vpt-train", "prompt=nope", cwd=tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    for name in ("deep", "shallow", "linear", "random_patch"):
+        assert name in output
+
+
+def test_offline_hub_weights_give_one_clear_message(tmp_path):
+    result = vpt("vpt-train", "backbone=vit_b16_in21k", "prompt=deep", "prompt.length=50", "data=cifar100",
+                 cwd=tmp_path, check=2)
+    assert "pretrained" in result.stderr and "offline" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_dataset_path_says_what_to_pass(tmp_path):
+    result = vpt("vpt-train", "data=imagefolder", cwd=tmp_path, check=2)
+    assert "data.root=" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_indivisible_image_size_is_reported_before_training(tmp_path):
+    run = tmp_path / "run"
+    result = vpt("vpt-train", "data.img_size=30", f"hydra.run.dir={run}", cwd=tmp_path, check=2)
+    assert "not divisible by the patch size" in result.stderr
+    assert not (run / "metrics.jsonl").exists()
+
+
+def test_sweep_runs_every_combination(tmp_path):
+    sweep = tmp_path / "sweep"
+    vpt("vpt-train", "-m", "prompt=shallow,deep", "prompt.length=1,3", *QUICK[:-1], "trainer.limit_train_batches=1",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=0)
+    runs = sorted(sweep.glob("*/results.json"))
+    assert len(runs) == 4
+    seen = {(r["method"], r["prompt"]["length"]) for r in map(lambda p: json.loads(p.read_text()), runs)}
+    assert seen == {("shallow", 1), ("shallow", 3), ("deep", 1), ("deep", 3)}
+
+
+def test_optuna_search_runs_and_reports_the_best_trial(tmp_path):
+    sweep = tmp_path / "optuna"
+    vpt("vpt-train", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer=debug",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=0)
+    assert len(list(sweep.glob("*/results.json"))) == 2
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
+    # prompt dropout exercises the RNG; 5 epochs of 4 batches leave time to kill after the first one
+    args = ["trainer.epochs=5", "data.train_size=200", "data.val_fraction=0.1", "trainer.batch_size=50",
+            "prompt.dropout=0.1", "prompt.length=4", "trainer.progress_bar=false"]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    vpt("vpt-train", *args, f"hydra.run.dir={reference}", cwd=tmp_path, check=0)
+
+    process = subprocess.Popen([str(BIN / "vpt-train"), *args, f"hydra.run.dir={resumed}"], cwd=tmp_path, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (resumed / "resume.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (resumed / "results.json").exists()
+    assert len(read_history(resumed)) < 5
+
+    vpt("vpt-train", *args, "trainer.resume=true", f"hydra.run.dir={resumed}", cwd=tmp_path, check=0)
+    expected, got = read_results(reference), read_results(resumed)
+    for key in ("test_top1", "test_top5", "val_top1", "best_epoch", "epochs", "test_per_class_top1"):
+        assert got[key] == expected[key], key
+    assert without_timing(read_history(resumed)) == without_timing(read_history(reference))
+    assert len(read_history(resumed)) == 5
+
+
+def test_wandb_offline_run_files_appear(tmp_path):
+    run = tmp_path / "run"
+    vpt("vpt-train", *QUICK, "logger=wandb", f"hydra.run.dir={run}", cwd=tmp_path, check=0)
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert offline_runs, f"no offline wandb run under {run / 'wandb'}"
+    assert list(offline_runs[0].glob("*.wandb"))
+    assert read_results(run)["status"] == "completed"

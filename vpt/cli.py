@@ -1,0 +1,107 @@
+"""Command-line entry points ``vpt-train`` and ``vpt-eval`` (Hydra apps over :mod:`vpt.engine`).
+
+    vpt-train                                       # offline quickstart: VPT-deep on digits 5-9
+    vpt-train prompt=linear                         # same experiment, another method
+    vpt-train backbone=vit_b16_in21k prompt=deep prompt.length=50 data=cifar100 data.root=/data/cifar100
+    vpt-train -m prompt=shallow,deep prompt.length=1,10,50
+    vpt-train experiment=digits_pretrain
+    vpt-eval prompt_file=outputs/deep_digits/<date>/best data=digits_target
+
+Errors the user can fix (:class:`vpt.errors.VptError`) print one message and exit with status 2.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from importlib import resources
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import VptError, WeightsUnavailableError
+
+CONFIG_PATH = "pkg://vpt.configs"  # the packaged configs/, so the commands work from any directory
+USER_ERROR_EXIT_CODE = 2
+REFERENCE_IMAGE_SIZE = 224  # pixel-prompt sizes in the configs are given at this input size
+
+# Library messages name Python arguments; say how to set them on the command line
+COMMAND_LINE_HINTS = {
+    WeightsUnavailableError: "on the command line: backbone.pretrained=false or backbone.pretrained=/path/to/weights",
+}
+
+log = logging.getLogger(__name__)
+
+
+def asset_path(name: str) -> str:
+    """Path of a file shipped in ``vpt/assets`` (``${vpt_asset:digits_vit.safetensors}``)."""
+    return str(resources.files("vpt") / "assets" / name)
+
+
+def pixels_at(size: int, image_size: int) -> int:
+    """``${vpt_pixels:30,${backbone.image_size}}``: a pixel size given at 224 px, scaled to the input size."""
+    return max(1, round(int(size) * int(image_size) / REFERENCE_IMAGE_SIZE))
+
+
+RESOLVERS = {"vpt_asset": asset_path, "vpt_pixels": pixels_at}
+
+
+def register_resolvers() -> None:
+    for name, resolver in RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
+register_resolvers()
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@contextlib.contextmanager
+def exit_on_user_error(program: str):
+    """Print a VptError as one line and exit 2; in a sweep, fail only this job (the sweeper records it)."""
+    try:
+        yield
+    except VptError as error:
+        if _in_multirun():
+            log.error("%s", error)
+            raise
+        print(f"{program}: error: {error}", file=sys.stderr)
+        hints = [hint for kind, hint in COMMAND_LINE_HINTS.items() if isinstance(error, kind)]
+        if hints:
+            print(f"{program}: hint: {hints[0]}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def _train(cfg: DictConfig) -> float | None:
+    from .engine import train  # imported here so config errors report without loading torch
+
+    with exit_on_user_error("vpt-train"):
+        results = train(cfg)
+    return results.get(cfg.optimized_metric)  # what a sweeper (hparams_search=optuna) optimises
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def _eval(cfg: DictConfig) -> float | None:
+    from .engine import evaluate_prompt_file
+
+    with exit_on_user_error("vpt-eval"):
+        results = evaluate_prompt_file(cfg)
+    return results.get("test_top1")
+
+
+def train_main() -> None:
+    _train()
+
+
+def eval_main() -> None:
+    _eval()
+
+
+if __name__ == "__main__":
+    train_main()
