@@ -33,6 +33,7 @@ from .loggers import RunFiles, Tracker, write_json
 from .model import PromptedModel
 
 log = logging.getLogger(__name__)
+SYNC_EVERY = 25  # training steps between host reads of the running loss (NaN check, progress bar)
 
 # Keys of the `data` group that the engine consumes itself instead of passing them to vpt.data.
 ENGINE_DATA_KEYS = ("img_size",)
@@ -343,35 +344,42 @@ class Trainer:
         self.model.train()
         total = self.steps_per_epoch
         progress = _progress_bar(total, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress_bar)
-        loss_sum, correct, seen = 0.0, 0, 0
+        # running sums stay on the device; the host reads them every SYNC_EVERY steps (progress bar, NaN check)
+        # rather than every step, so a GPU never waits on the Python loop
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, shown = 0, 0
         start = time.perf_counter()
         for step, (images, labels) in enumerate(limited(self.loaders["train"], total)):
             with self.autocast():
                 logits = self.forward(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=float(cfg.label_smoothing))
-            if not torch.isfinite(loss):
-                progress.close()
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped. "
-                    f"The last good checkpoint ({self.state.epoch} epochs) is in {self.files.last}. "
-                    "Lower optim.base_lr, keep trainer.grad_clip on, or use trainer.precision=fp32."
-                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.params, float(cfg.grad_clip))
             self.optimizer.step()
             self.scheduler.step()
-            loss_sum += loss.item() * len(labels)
-            correct += int((logits.argmax(dim=1) == labels).sum())
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(labels)
-            elapsed = time.perf_counter() - start
-            progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}",
-                                 img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
-            progress.update()
+            if (step + 1) % SYNC_EVERY == 0 or step + 1 == total:
+                mean_loss = loss_sum.item() / seen
+                if not math.isfinite(mean_loss):
+                    progress.close()
+                    raise NonFiniteLossError(
+                        f"loss became {mean_loss} in epoch {epoch + 1} (by step {step + 1}): training stopped. "
+                        f"The last good checkpoint ({self.state.epoch} epochs) is in {self.files.last}. "
+                        "Lower optim.base_lr, keep trainer.grad_clip on, or use trainer.precision=fp32."
+                    )
+                elapsed = time.perf_counter() - start
+                progress.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * correct.item() / seen:.1f}",
+                                     img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+                progress.update(step + 1 - shown)
+                shown = step + 1
         progress.close()
         seconds = time.perf_counter() - start
-        return {"train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen, "train_images": seen,
+        return {"train_loss": loss_sum.item() / seen, "train_top1": 100.0 * correct.item() / seen, "train_images": seen,
                 "train_seconds": seconds, "train_images_per_s": seen / max(seconds, 1e-9),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
