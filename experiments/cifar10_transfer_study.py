@@ -31,7 +31,7 @@ METHOD_OVERRIDES = {
     "linear": ["optim.base_lr=2.0"],
     "shallow": ["optim.base_lr=2.0", "prompt.length=10"],
     "deep": ["optim.base_lr=2.0", "prompt.length=10"],
-    "pad": ["optim.base_lr=8.0", "prompt.size=4"],
+    "pad": ["optim.base_lr=2.0", "prompt.size=4"],
     "full": ["optim=adamw", "optim.base_lr=0.0005", "optim.lr_scaling=none"],
 }
 
