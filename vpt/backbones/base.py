@@ -88,7 +88,7 @@ class BackboneAdapter(nn.Module):
         """Final norm + the model's own pooling: (pooled pre-logits feature, final tokens)."""
         raise NotImplementedError
 
-    def attention_bias(self, key_padding: torch.Tensor, num_heads_dim: bool = True) -> torch.Tensor:
+    def attention_bias(self, key_padding: torch.Tensor) -> torch.Tensor:
         """Additive attention bias that hides the keys where ``key_padding`` (B, N) is True."""
         bias = torch.zeros(key_padding.shape, dtype=torch.float32, device=key_padding.device)
         bias = bias.masked_fill(key_padding, float("-inf"))

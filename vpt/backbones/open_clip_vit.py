@@ -58,12 +58,10 @@ class OpenCLIPViTAdapter(BackboneAdapter):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.model._embeds(images)
 
-    def attention_bias(self, key_padding: torch.Tensor, num_heads_dim: bool = True) -> torch.Tensor:
+    def attention_bias(self, key_padding: torch.Tensor) -> torch.Tensor:
         # nn.MultiheadAttention takes a float mask of shape (B * heads, L, S)
         b, n = key_padding.shape
-        bias = torch.zeros(key_padding.shape, dtype=torch.float32, device=key_padding.device)
-        bias = bias.masked_fill(key_padding, float("-inf"))
-        return bias[:, None, None, :].expand(b, self.num_heads, n, n).reshape(b * self.num_heads, n, n)
+        return super().attention_bias(key_padding).expand(b, self.num_heads, n, n).reshape(b * self.num_heads, n, n)
 
     def finish(self, tokens: torch.Tensor, need_tokens: bool = False):
         visual = self.model
