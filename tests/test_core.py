@@ -58,9 +58,13 @@ def test_bias_tuning_changes_only_biases():
 def test_full_finetuning_trains_backbone():
     model = _make("full")
     assert model.param_summary()["backbone"] == sum(p.numel() for p in model.backbone.parameters())
-    assert model.backbone.training is False or model.training  # full keeps dropout as configured
-    model.train()
+    model.eval()
+    assert not model.backbone.training
+    model.train()  # unlike the frozen methods, full fine-tuning trains the backbone in train mode
     assert model.backbone.training
+    before = copy.deepcopy(model.backbone.state_dict())
+    _train_steps(model, steps=1)
+    assert any(not torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())
 
 
 @pytest.mark.parametrize("method", ["deep", "shallow", "pad", "linear", "bias"])
