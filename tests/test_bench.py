@@ -79,7 +79,8 @@ def test_plain_yardstick_is_vpt_deep():
         assert (plain(x) - model(x)).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("vit_kwargs", [{}, {"reg_tokens": 2, "global_pool": "avg"}, {"qk_norm": True, "init_values": 0.1}])
+@pytest.mark.parametrize("vit_kwargs", [{}, {"reg_tokens": 2, "global_pool": "avg"}, {"qk_norm": True, "init_values": 0.1},
+                                       {"qkv_bias": False}])
 @pytest.mark.parametrize("prompt", [dict(method="deep", length=5), dict(method="shallow", length=5),
                                     dict(method="deep", length=3, depth=[0, 2]), dict(method="deep", length=4, depth=2),
                                     dict(method="deep", length=4, project_dim=8)])

@@ -348,6 +348,10 @@ def _prepare(spec: dict[str, Any]) -> None:
     torch.manual_seed(spec.get("seed", 0))
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    if spec["device"] == "cpu" and spec.get("cpu_allocator", "retain") == "retain":
+        from .cpu import retain_freed_memory
+
+        retain_freed_memory()
 
 
 def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
@@ -586,7 +590,8 @@ def format_table(results: dict[str, Any]) -> str:
     cfg = results["config"]
     lines = [f"vpt-bench  backbone={cfg['backbone']}  img={cfg['img_size']}  batch={cfg['batch_size']}  "
              f"precision={cfg['precision']}  device={cfg['device']}  warmup={cfg['warmup']}  steps={cfg['steps']}  "
-             f"threads={results['environment'].get('torch_threads')}"]
+             f"threads={results['environment'].get('torch_threads')}"
+             + (f"  cpu_allocator={cfg.get('cpu_allocator', 'system')}" if cfg["device"] == "cpu" else "")]
     mem_label = "peak GPU MB" if cfg["device"] == "cuda" else "peak RSS MB"
     header = (f"{'method':<8} {'trainable':>11} {'file bytes':>11} {'train img/s':>11} {'infer img/s':>11} "
               f"{'step/fwd':>8} {mem_label:>11} {'mem/full':>8}")
@@ -661,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="device peak TFLOP/s at the run's precision for model FLOPs utilisation (default: known GPUs, bf16)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every worker")
+    p.add_argument("--cpu-allocator", choices=["retain", "system"], default="retain",
+                   help="retain: glibc keeps freed memory for the next step, as vpt-train does on CPU "
+                        "(vpt.cpu.retain_freed_memory); system: glibc's defaults")
     p.add_argument("--workers", choices=["auto", "fork", "spawn"], default="auto",
                    help="how each measurement gets its own process: fork (fast start; auto on CPU) or spawn "
                         "(fresh interpreter; auto on CUDA, where a forked CUDA context is unusable)")
@@ -701,7 +709,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
             "yardstick_precision": yard_precision, "device": device, "warmup": args.warmup, "steps": args.steps,
             "prompt_length": args.prompt_length, "pad_size": args.pad_size, "num_classes": args.num_classes,
             "tasks": args.tasks, "compile": args.compile, "flops": args.flops or device == "cuda",
-            "peak_tflops": peak_tflops, "threads": args.threads, "plain_at_precision": not args.no_plain_at_precision}
+            "peak_tflops": peak_tflops, "threads": args.threads, "cpu_allocator": args.cpu_allocator,
+            "plain_at_precision": not args.no_plain_at_precision}
     results: dict[str, Any] = {"config": {**spec, "methods": methods}, "environment": environment(device),
                                "methods": {}}
     start = args.workers if args.workers != "auto" else ("spawn" if device == "cuda" else "fork")

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbones import BackboneAdapter, create_backbone
 from .config import PromptConfig
+from .cpu import retain_freed_memory, set_cpu_threads
 from .errors import ConfigError, VptError
 from .heads import ZeroShotHead
 from .loggers import RunFiles, Tracker, write_json
@@ -69,11 +70,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def set_cpu_threads(count: int | None, device: torch.device) -> None:
-    # CPU runs are small here (quickstart, tests); one thread avoids the collapse of OpenMP's spin-waiting
-    # threads when the cores are shared with other processes (measured 15x slower with 2 threads).
-    if count and device.type == "cpu":
-        torch.set_num_threads(int(count))
+def configure_cpu(trainer_cfg: DictConfig, device: torch.device) -> None:
+    """Thread count and allocator for CPU runs (see :mod:`vpt.cpu`); nothing on CUDA."""
+    if device.type != "cpu":
+        return
+    set_cpu_threads(trainer_cfg.get("cpu_threads"), device)
+    if trainer_cfg.get("cpu_retain_freed_memory", True):
+        retain_freed_memory()
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -262,7 +265,7 @@ class Trainer:
         self.seed = int(cfg.seed)
         seed_everything(self.seed)
         self.device = resolve_device(self.trainer_cfg.device)
-        set_cpu_threads(self.trainer_cfg.get("cpu_threads"), self.device)
+        configure_cpu(self.trainer_cfg, self.device)
         self.autocast = autocast_for(self.trainer_cfg.precision, self.device)
 
         backbone = build_backbone(cfg.backbone)
@@ -525,7 +528,7 @@ def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None =
     OmegaConf.save(cfg, files.config, resolve=True)
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.trainer.device)
-    set_cpu_threads(cfg.trainer.get("cpu_threads"), device)
+    configure_cpu(cfg.trainer, device)
     model = load_prompted_model(cfg.prompt_file, pretrained=cfg.get("pretrained") or False)
     data_config = input_data_config(model.backbone, cfg.data.get("img_size"))
     data = build_data_bundle(cfg.data, data_config, int(cfg.seed))

@@ -15,7 +15,9 @@ def _is_plain_timm_block(block: nn.Module) -> bool:
     from timm.layers.attention import Attention
     from timm.models.vision_transformer import Block
 
-    return type(block) is Block and type(block.attn) is Attention and getattr(block.attn, "gate", None) is None
+    attn = block.attn
+    return (type(block) is Block and type(attn) is Attention and getattr(attn, "gate", None) is None
+            and type(attn.qkv) is nn.Linear)
 
 
 def _attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -43,15 +45,24 @@ def _prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | N
     """
     attn = block.attn
     b, n, _ = x.shape
-    qkv = attn.qkv(block.norm1(x))
+    heads, head_dim = attn.num_heads, attn.head_dim
+    # (B, N, 3, H, d) views, not a permuted copy: the gradients of q, k and v then stack straight back into the
+    # qkv layout in the backward pass (one copy instead of four)
+    normed = block.norm1(x)
+    if num_queries is None:
+        q, k, v = attn.qkv(normed).view(b, n, 3, heads, head_dim).unbind(2)
+    else:  # queries for the first rows only: split qkv's weight into its q and k/v rows
+        dim, weight, bias = attn.attn_dim, attn.qkv.weight, attn.qkv.bias
+        q = F.linear(normed[:, :num_queries], weight[:dim], None if bias is None else bias[:dim])
+        q = q.view(b, num_queries, heads, head_dim)
+        k, v = F.linear(normed, weight[dim:], None if bias is None else bias[dim:]).view(b, n, 2, heads, head_dim).unbind(2)
     if prompts is not None:
         # prompt rows computed once for the whole batch, appended after the sample's rows: attention does not
-        # depend on the order of keys, and putting them last keeps the queries a plain slice
-        qkv_prompts = attn.qkv(block.norm1(prompts.to(x.dtype)))
-        qkv = torch.cat([qkv, qkv_prompts.to(qkv.dtype).expand(b, -1, -1)], dim=1)
-    qkv = qkv.reshape(b, qkv.shape[1], 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q = q[:, :, : n if num_queries is None else num_queries]  # a prompt row's query is never used
+        # depend on the order of keys, and a prompt row's query is never used
+        _, k_prompts, v_prompts = attn.qkv(block.norm1(prompts.to(x.dtype))).view(-1, 3, heads, head_dim).unbind(1)
+        k = torch.cat([k, k_prompts.to(k.dtype).expand(b, -1, -1, -1)], dim=1)
+        v = torch.cat([v, v_prompts.to(v.dtype).expand(b, -1, -1, -1)], dim=1)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     q, k = attn.q_norm(q), attn.k_norm(k)
     out = _attention(attn, q, k, v)
     out = out.transpose(1, 2).reshape(b, out.shape[2], attn.attn_dim)
