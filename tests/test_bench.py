@@ -21,7 +21,7 @@ def bench_run(tmp_path_factory):
     cmd = [sys.executable, "-m", "vpt.bench", "--backbone", "vit_tiny_patch16_224", "--img-size", "32",
            "--patch-size", "8", "--backbone-kwargs", '{"depth": 2}', "--batch-size", "4", "--warmup", "1",
            "--steps", "2", "--prompt-length", "5", "--pad-size", "4", "--num-classes", "10", "--tasks", "8",
-           "--threads", "1", "--timeout", "120", "--out", str(out)]
+           "--threads", "1", "--timeout", "120", "--pipeline-images", "16", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,6 +52,28 @@ def test_yardstick_and_multitask_rows(bench_run):
     assert multi["img_s"]["mixed"] > 0 and multi["img_s"]["single"] > 0
     assert {t["target"] for t in results["targets"]} >= {"yardstick", "step_forward_cpu", "memory_cpu", "multitask"}
     assert results["config"]["backbone"] == "vit_tiny_patch16_224" and results["environment"]["torch"]
+
+
+def test_data_pipeline_row(bench_run):
+    stdout, results = bench_run
+    pipe = results["pipeline"]
+    assert "error" not in pipe, pipe.get("error")
+    assert pipe["dataset_images"] == 16 and pipe["dataset_device_bytes"] == 16 * 3 * 32 * 32  # uint8 cache
+    assert pipe["img_s"]["pipeline"] > 0 and pipe["img_s"]["on_device"] > 0 and pipe["pipeline_vs_on_device"] > 0
+    assert "pipeline" in {t["target"] for t in results["targets"]}
+    assert "data pipeline" in stdout
+
+
+def test_pipeline_dataset_from_an_imagefolder(tmp_path):
+    from test_data import make_imagefolder
+
+    from vpt.bench import pipeline_dataset
+
+    root = make_imagefolder(tmp_path / "folder", per_class={"train": 4, "test": 1})
+    config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    dataset = pipeline_dataset({"pipeline_images": 6, "pipeline_data": str(root), "num_classes": 3}, config)
+    assert len(dataset) == 6 and dataset.images.dtype.is_floating_point is False
+    assert tuple(dataset.images.shape) == (6, 3, 16, 16) and dataset.augment == "flip_crop"
 
 
 def test_table_is_printed(bench_run):

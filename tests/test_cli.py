@@ -106,6 +106,15 @@ def test_optuna_search_runs_and_reports_the_best_trial(tmp_path):
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
 
 
+def test_optuna_search_refuses_to_score_on_trained_val(tmp_path):
+    sweep = tmp_path / "optuna"
+    result = vpt("vpt-train", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer=debug",
+                 "++data.train_on_trainval=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "set data.train_on_trainval=false for the search" in result.stdout + result.stderr
+    assert not list(sweep.glob("*/results.json"))
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     # prompt dropout exercises the RNG; 5 epochs of 4 batches leave time to kill after the first one
     args = ["trainer.epochs=5", "data.train_size=200", "data.val_fraction=0.1", "trainer.batch_size=50",

@@ -133,3 +133,22 @@ def test_results_survive_a_failing_wandb(tmp_path, monkeypatch):
     logger.run = FlakyRun()
     logger.log_metrics({"loss": 1.0}, step=1)  # warns and switches itself off instead of raising
     assert logger.run is None
+
+
+@pytest.mark.parametrize("train_on_trainval", [False, True])
+def test_best_checkpoint_is_never_picked_on_val_that_was_trained_on(tmp_path, train_on_trainval):
+    cfg = compose_train([*TINY, "data.val_fraction=0.2", f"++data.train_on_trainval={train_on_trainval}",
+                         f"output_dir={tmp_path}"])
+    trainer = Trainer(cfg, tmp_path)
+    assert trainer.data.val_in_train is train_on_trainval
+    assert len(trainer.data.train) == 40 + (len(trainer.data.val) if train_on_trainval else 0)
+    for epoch, val_top1 in ((1, 90.0), (2, 10.0)):  # val peaks at epoch 1
+        trainer.state.epoch = epoch
+        trainer.save_checkpoints({"val_top1": val_top1})
+    assert trainer.state.best_epoch == (2 if train_on_trainval else 1)
+
+
+def test_search_on_val_refuses_train_on_trainval():
+    # hparams_search comes last in the defaults, so its train_on_trainval=false beats an experiment's true
+    cfg = compose_train(["hparams_search=optuna", "experiment=vtab_cifar100_vpt_deep"])
+    assert cfg.data.train_on_trainval is False and cfg.optimized_metric == "val_top1"

@@ -64,6 +64,8 @@ TARGETS = {
     "memory_gpu": ("VPT-deep max memory allocated / full fine-tuning's, GPU bf16", "<=", 0.7),
     "multitask": ("8-task mixed batch throughput / single-task batch", ">=", 0.9),
     "gpu_throughput": ("ViT-B/16 224 VPT-deep bf16 train images/s on GPU", ">=", 3000.0),
+    "pipeline": ("VPT-deep train throughput fed by vpt's in-memory data pipeline / data already on the device",
+                 ">=", 0.9),
 }
 
 
@@ -263,12 +265,13 @@ def make_batch(spec: dict[str, Any], device: str):
     return images.to(device), labels.to(device)  # data lives on the device: the benchmark measures the model
 
 
-def train_step_fn(model, optimizer, images, labels, device: str, precision: str, compiled=None):
+def train_on_fn(model, optimizer, device: str, precision: str, compiled=None) -> Callable[[Any, Any], None]:
+    """``step(images, labels)``: zero_grad + forward (autocast) + cross-entropy + backward + optimiser step."""
     import torch.nn.functional as F
 
     forward = compiled if compiled is not None else model
 
-    def step() -> None:
+    def step(images, labels) -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
             logits = forward(images)
@@ -277,6 +280,12 @@ def train_step_fn(model, optimizer, images, labels, device: str, precision: str,
         optimizer.step()
 
     return step
+
+
+def train_step_fn(model, optimizer, images, labels, device: str, precision: str, compiled=None):
+    """A train step on one fixed batch (already on the device)."""
+    train_on = train_on_fn(model, optimizer, device, precision, compiled)
+    return lambda: train_on(images, labels)
 
 
 def forward_fn(model, images, device: str, precision: str, compiled=None):
@@ -481,7 +490,63 @@ def worker_multitask(spec: dict[str, Any]) -> dict[str, Any]:
             "mixed_vs_single": img_s["mixed"] / img_s["single"]}
 
 
-WORKERS = {"method": worker_method, "yardstick": worker_yardstick, "multitask": worker_multitask}
+def pipeline_dataset(spec: dict[str, Any], data_config: dict[str, Any]):
+    """The in-memory training set of the pipeline row: an ImageFolder (``--pipeline-data``, decoded once into
+    the uint8 cache) or random uint8 images at the backbone's input size (same cost: nothing depends on pixels)."""
+    from vpt.data import build_data
+    from vpt.data.datasets import CachedImageDataset
+    from vpt.data.preprocess import Preprocess
+
+    count = spec["pipeline_images"]
+    if spec.get("pipeline_data"):
+        bundle = build_data({"name": "imagefolder", "root": spec["pipeline_data"], "train_size": count,
+                             "val_fraction": 0, "cache": True, "augment": "flip_crop"}, data_config)
+        return bundle.train
+    preprocess = Preprocess.from_data_config(data_config)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 3, *preprocess.size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, spec["num_classes"], (count,), generator=g)
+    return CachedImageDataset(images, labels, preprocess, augment="flip_crop")
+
+
+def worker_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
+    """VPT-deep training fed by vpt's data pipeline vs the same steps on a batch already on the device.
+
+    The pipeline is what ``vpt-train`` uses for small datasets: a uint8 copy of the decoded images on the
+    device, and per batch one index_select, crop + flip augmentation and normalisation, batched on the device
+    (:class:`vpt.data.loaders.DeviceBatchLoader`). Both contenders alternate step by step in one process.
+    """
+    from vpt.data.loaders import DeviceBatchLoader
+
+    _prepare(spec)
+    device, precision, bs = spec["device"], spec["precision"], spec["batch_size"]
+    model = build_model(spec, "deep").to(device).train()
+    dataset = pipeline_dataset(spec, model.data_config)
+    if len(dataset) < bs:
+        return {"skipped": f"--pipeline-images {len(dataset)} is smaller than the batch ({bs})"}
+    loader = DeviceBatchLoader(dataset, bs, shuffle=True, device=device, seed=0, drop_last=True)
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+    train_on = train_on_fn(model, make_optimizer(model.trainable_parameters(), device), device, precision)
+    images, labels = make_batch(spec, device)
+    contenders = {"on_device": lambda: train_on(images, labels), "pipeline": lambda: train_on(*next(stream))}
+    timer = Timer(device)
+    for i in range(spec["warmup"] + spec["steps"]):
+        for name, fn in contenders.items():
+            timer.run(name, fn, i >= spec["warmup"])
+    times = timer.times()
+    img_s = {k: bs / median(v) for k, v in times.items()}
+    return {"precision": precision, "dataset_images": len(dataset), "data": spec.get("pipeline_data") or "random uint8",
+            "dataset_device_bytes": loader.images.numel(), "times_s": times, "img_s": img_s,
+            "pipeline_vs_on_device": img_s["pipeline"] / img_s["on_device"]}
+
+
+WORKERS = {"method": worker_method, "yardstick": worker_yardstick, "multitask": worker_multitask,
+           "pipeline": worker_pipeline}
 
 
 def _fork_child(kind: str, spec: dict[str, Any], conn) -> None:
@@ -569,6 +634,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     multi = results.get("multitask") or {}
     if "mixed_vs_single" in multi:
         found.append(("multitask", multi["mixed_vs_single"]))
+    pipe = results.get("pipeline") or {}
+    if "pipeline_vs_on_device" in pipe:
+        found.append(("pipeline", pipe["pipeline_vs_on_device"]))
     vit_b = cfg["backbone"].split(".")[0] == "vit_base_patch16_224" and cfg["img_size"] == 224
     if device == "cuda" and precision == "bf16" and "train_img_s" in deep:
         found.append(("gpu_throughput", deep["train_img_s"]))
@@ -576,7 +644,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     cpu_setup = (cfg["backbone"].split(".")[0] == "vit_small_patch16_224" and cfg["img_size"] == 224
                  and cfg["batch_size"] == 32 and device == "cpu" and cfg["prompt_length"] == 50)
     setup = {"yardstick": cpu_setup, "step_forward_cpu": cpu_setup, "memory_cpu": cpu_setup, "multitask": True,
-             "step_forward_gpu": device == "cuda", "memory_gpu": device == "cuda", "gpu_throughput": vit_b}
+             "step_forward_gpu": device == "cuda", "memory_gpu": device == "cuda", "gpu_throughput": vit_b,
+             "pipeline": vit_b and device == "cuda" and precision == "bf16"}
     out = []
     for key, value in found:
         description, op, threshold = TARGETS[key]
@@ -627,6 +696,14 @@ def format_table(results: dict[str, Any]) -> str:
                          f"ratio {multi['mixed_vs_single']:.2f}")
         else:
             lines.append(f"multi-task: {multi.get('error')}")
+    pipe = results.get("pipeline")
+    if pipe:
+        if "img_s" in pipe:
+            lines.append(f"data pipeline (VPT-deep train, {pipe['dataset_images']} images in memory, crop+flip on the "
+                         f"device, {pipe['precision']}): {pipe['img_s']['pipeline']:.2f} img/s vs data already on the "
+                         f"device {pipe['img_s']['on_device']:.2f} img/s, ratio {pipe['pipeline_vs_on_device']:.2f}")
+        else:
+            lines.append(f"data pipeline: {pipe.get('error') or pipe.get('skipped')}")
     for t in results.get("targets", []):
         note = "" if t.get("issue_setup", True) else "  [not the issue's setting]"
         lines.append(f"target {t['target']:<16} {'PASS' if t['pass'] else 'FAIL'}  {t['value']:.3f} {t['op']} "
@@ -659,6 +736,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=100)
     p.add_argument("--tasks", type=int, default=8, help="tasks in the multi-task bank row (0: skip)")
     p.add_argument("--no-yardstick", action="store_true", help="skip the plain timm VPT comparison")
+    p.add_argument("--pipeline-images", type=int, default=0,
+                   help="images in the in-memory dataset of the data-pipeline row (0: skip the row)")
+    p.add_argument("--pipeline-data", default=None,
+                   help="ImageFolder for the data-pipeline row (e.g. ../shared/data/cifar10); default: random uint8 images")
     p.add_argument("--no-plain-at-precision", action="store_true",
                    help="in the yardstick, skip timing the plain implementation at vpt's precision")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (per-method rows)")
@@ -710,7 +791,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
             "prompt_length": args.prompt_length, "pad_size": args.pad_size, "num_classes": args.num_classes,
             "tasks": args.tasks, "compile": args.compile, "flops": args.flops or device == "cuda",
             "peak_tflops": peak_tflops, "threads": args.threads, "cpu_allocator": args.cpu_allocator,
-            "plain_at_precision": not args.no_plain_at_precision}
+            "plain_at_precision": not args.no_plain_at_precision, "pipeline_images": args.pipeline_images,
+            "pipeline_data": args.pipeline_data}
     results: dict[str, Any] = {"config": {**spec, "methods": methods}, "environment": environment(device),
                                "methods": {}}
     start = args.workers if args.workers != "auto" else ("spawn" if device == "cuda" else "fork")
@@ -725,6 +807,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.tasks > 0:
         print(f"[vpt-bench] multi-task bank ({args.tasks} tasks) ...", file=sys.stderr, flush=True)
         results["multitask"] = run_worker("multitask", spec, args.timeout, start)
+    if args.pipeline_images > 0:
+        print(f"[vpt-bench] data pipeline ({args.pipeline_images} images in memory) ...", file=sys.stderr, flush=True)
+        results["pipeline"] = run_worker("pipeline", spec, args.timeout, start)
     results["targets"] = evaluate_targets(results)
     results["wall_s"] = time.time() - started
     print(format_table(results))

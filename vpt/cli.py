@@ -19,7 +19,7 @@ from importlib import resources
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import VptError, WeightsUnavailableError
+from .errors import ConfigError, VptError, WeightsUnavailableError
 
 CONFIG_PATH = "pkg://vpt.configs"  # the packaged configs/, so the commands work from any directory
 USER_ERROR_EXIT_CODE = 2
@@ -61,6 +61,17 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _search_scores_on_trained_val(cfg: DictConfig) -> bool:
+    """A hyper-parameter search (not a grid) scoring on val while val is part of the training set."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not _in_multirun():
+        return False
+    sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    metric = str(cfg.get("optimized_metric") or "")
+    return "BasicSweeper" not in sweeper and metric.startswith("val_") and bool(cfg.data.get("train_on_trainval"))
+
+
 @contextlib.contextmanager
 def exit_on_user_error(program: str):
     """Print a VptError as one line and exit 2; in a sweep, fail only this job (the sweeper records it)."""
@@ -82,6 +93,10 @@ def _train(cfg: DictConfig) -> float | None:
     from .engine import train  # imported here so config errors report without loading torch
 
     with exit_on_user_error("vpt-train"):
+        if _search_scores_on_trained_val(cfg):
+            raise ConfigError(f"the search optimises {cfg.optimized_metric} but data.train_on_trainval=true trains on "
+                              "val; set data.train_on_trainval=false for the search, then train the chosen "
+                              "setting on train+val")
         results = train(cfg)
     return results.get(cfg.optimized_metric)  # what a sweeper (hparams_search=optuna) optimises
 

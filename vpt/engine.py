@@ -398,15 +398,22 @@ class Trainer:
     def epoch_eval_splits(self) -> list[str]:
         return ["val", "test"] if self.trainer_cfg.test_every_epoch else ["val"]
 
+    @property
+    def val_held_out(self) -> bool:
+        return "val" in self.loaders and not self.data.val_in_train
+
     def monitor_score(self, metrics: Mapping[str, Any]) -> float | None:
-        return metrics.get(self.trainer_cfg.monitor)
+        monitor = self.trainer_cfg.monitor
+        if monitor.startswith("val_") and not self.val_held_out:
+            return None  # val is trained on (or absent): picking a checkpoint on it would select on training data
+        return metrics.get(monitor)
 
     def save_checkpoints(self, metrics: dict[str, Any]) -> None:
         extra = {"epoch": self.state.epoch, "metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
                  "dataset": self.cfg.data.name}
         self.model.save_prompt(self.files.last, **extra)
         score = self.monitor_score(metrics)
-        if score is None:  # no val split: best = last, never picked on the test set
+        if score is None:  # no held-out val: best = last, never picked on the test set
             score = float(self.state.epoch)
         if score > self.state.best_score:
             self.state.best_score, self.state.best_epoch = score, self.state.epoch
@@ -419,6 +426,8 @@ class Trainer:
             self.init_prompts()
         if "val" not in self.loaders:
             log.info("no val split: best/ is the last epoch (set data.val_fraction to select by val)")
+        elif self.data.val_in_train:
+            log.info("val is trained on (data.train_on_trainval): best/ is the last epoch, val is reported only")
         self.tracker = build_tracker(self.cfg, self.files.dir)
         failed = True
         try:
@@ -469,6 +478,7 @@ class Trainer:
             "train_seconds": self.state.train_seconds,
             "train_images_per_s": self.state.train_images / max(self.state.train_seconds, 1e-9),
             "train_size": len(self.data.train),
+            "val_in_train": self.data.val_in_train,
             "device": str(self.device),
             "best_checkpoint": str(self.files.best),
         }

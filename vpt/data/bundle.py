@@ -32,6 +32,8 @@ class DataBundle:
     test: Dataset | None
     class_names: list[str]
     preprocess: Preprocess | None = None
+    #: True when val is also trained on (``train_on_trainval``): it is reported but cannot select checkpoints
+    val_in_train: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -100,4 +102,5 @@ def build_data(data_cfg: Mapping[str, Any], data_config: Mapping[str, Any], seed
             return CachedImageDataset.from_source(source, preprocess, augment)
         return LazyImageDataset(source, preprocess, augment)
 
-    return DataBundle(wrap("train"), wrap("val"), wrap("test"), list(splits.class_names), preprocess)
+    return DataBundle(wrap("train"), wrap("val"), wrap("test"), list(splits.class_names), preprocess,
+                      val_in_train=bool(spec.train_on_trainval and splits.val is not None))
