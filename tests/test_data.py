@@ -334,3 +334,18 @@ def test_class_subset_labels_survive_resampling():
         assert labels == {0, 1, 2, 3, 4}, extra
         if bundle.val is not None:
             assert {int(bundle.val[i][1]) for i in range(len(bundle.val))} <= {0, 1, 2, 3, 4}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_batches_never_block_the_host():
+    """Cached batches on a GPU (index_select, crop + flip, normalisation) queue without a host sync."""
+    bundle = build_data({"name": "digits", "classes": [0, 1, 2], "augment": "flip_crop"}, DATA_CONFIG)
+    loader = DeviceBatchLoader(bundle.train, batch_size=50, shuffle=True, device="cuda", seed=0)
+    batches = iter(loader)
+    next(batches)  # the epoch's permutation goes to the GPU here
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        images, labels = next(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert images.is_cuda and images.shape[0] == 50 and labels.is_cuda

@@ -363,6 +363,15 @@ def _prepare(spec: dict[str, Any]) -> None:
         retain_freed_memory()
 
 
+def time_alternating(contenders: dict[str, Callable[[], None]], spec: dict[str, Any], device: str) -> dict[str, list[float]]:
+    """Per-call times of each contender, called in turn round after round, so machine noise hits all alike."""
+    timer = Timer(device)
+    for i in range(spec["warmup"] + spec["steps"]):
+        for name, fn in contenders.items():
+            timer.run(name, fn, i >= spec["warmup"])
+    return timer.times()
+
+
 def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
     """One method: train / inference throughput, step/forward ratio, peak memory, parameters, file size."""
     _prepare(spec)
@@ -379,7 +388,6 @@ def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
     result.update(prompt_file_bytes(model))
 
     gc.collect()
-    timer = Timer(device)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -389,11 +397,7 @@ def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
         base_rss, base_ru = rss_bytes(), ru_maxrss_bytes()
         monitor = PeakRSS()
     with monitor:
-        for i in range(spec["warmup"] + spec["steps"]):
-            record = i >= spec["warmup"]
-            timer.run("train", step, record)
-            timer.run("forward", forward, record)
-        times = timer.times()  # synchronises on CUDA
+        times = time_alternating({"train": step, "forward": forward}, spec, device)  # synchronises on CUDA
     if device == "cuda":
         peak_total = torch.cuda.max_memory_allocated()
         result.update(peak_mem_bytes=peak_total - base_alloc, peak_mem_total_bytes=peak_total,
@@ -435,11 +439,7 @@ def worker_yardstick(spec: dict[str, Any]) -> dict[str, Any]:
     contenders["plain_fp32"] = train_step_fn(plain, plain_opt, images, labels, device, "fp32")
     if precision != "fp32" and spec.get("plain_at_precision", True):  # how much of the gain is precision alone
         contenders[f"plain_{precision}"] = train_step_fn(plain, plain_opt, images, labels, device, precision)
-    timer = Timer(device)
-    for i in range(spec["warmup"] + spec["steps"]):
-        for name, fn in contenders.items():
-            timer.run(name, fn, i >= spec["warmup"])
-    times = timer.times()
+    times = time_alternating(contenders, spec, device)
     bs = spec["batch_size"]
     out: dict[str, Any] = {"vpt_precision": precision, "times_s": times,
                            "img_s": {k: bs / median(v) for k, v in times.items()}}
@@ -480,11 +480,7 @@ def worker_multitask(spec: dict[str, Any]) -> dict[str, Any]:
         return fn
 
     contenders = {"mixed": run(mixed), "single": run(single)}
-    timer = Timer(device)
-    for i in range(spec["warmup"] + spec["steps"]):
-        for name, fn in contenders.items():
-            timer.run(name, fn, i >= spec["warmup"])
-    times = timer.times()
+    times = time_alternating(contenders, spec, device)
     img_s = {k: bs / median(v) for k, v in times.items()}
     return {"tasks": num_tasks, "precision": precision, "times_s": times, "img_s": img_s,
             "mixed_vs_single": img_s["mixed"] / img_s["single"]}
@@ -534,11 +530,7 @@ def worker_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     train_on = train_on_fn(model, make_optimizer(model.trainable_parameters(), device), device, precision)
     images, labels = make_batch(spec, device)
     contenders = {"on_device": lambda: train_on(images, labels), "pipeline": lambda: train_on(*next(stream))}
-    timer = Timer(device)
-    for i in range(spec["warmup"] + spec["steps"]):
-        for name, fn in contenders.items():
-            timer.run(name, fn, i >= spec["warmup"])
-    times = timer.times()
+    times = time_alternating(contenders, spec, device)
     img_s = {k: bs / median(v) for k, v in times.items()}
     return {"precision": precision, "dataset_images": len(dataset), "data": spec.get("pipeline_data") or "random uint8",
             "dataset_device_bytes": loader.images.numel(), "times_s": times, "img_s": img_s,
@@ -676,34 +668,29 @@ def format_table(results: dict[str, Any]) -> str:
         if r.get("mfu") is not None:
             lines.append(f"{'':<8} train FLOPs/image {r['train_flops_per_image'] / 1e9:.1f} G, MFU {100 * r['mfu']:.1f}% "
                          f"of {cfg.get('peak_tflops')} TFLOP/s")
-    yard = results.get("yardstick")
-    if yard:
-        if "img_s" in yard:
-            parts = ", ".join(f"{k} {v:.2f} img/s" for k, v in yard["img_s"].items())
-            lines.append(f"yardstick (VPT-deep train, alternating steps): {parts}; "
-                         f"vpt/plain_fp32 = {yard['speedup_vs_plain_fp32']:.2f}x")
-            prec = yard["vpt_precision"]
-            if f"plain_{prec}_vs_plain_fp32" in yard:
-                lines.append(f"  {prec} autocast alone makes plain {yard[f'plain_{prec}_vs_plain_fp32']:.2f}x faster; "
-                             f"vpt/plain_{prec} = {yard[f'speedup_vs_plain_{prec}']:.2f}x")
-        else:
-            lines.append(f"yardstick: {yard.get('error') or yard.get('skipped')}")
-    multi = results.get("multitask")
-    if multi:
-        if "img_s" in multi:
-            lines.append(f"multi-task bank ({multi['tasks']} VPT-deep tasks, no-grad, {multi['precision']}): mixed batch "
-                         f"{multi['img_s']['mixed']:.2f} img/s, single-task batch {multi['img_s']['single']:.2f} img/s, "
-                         f"ratio {multi['mixed_vs_single']:.2f}")
-        else:
-            lines.append(f"multi-task: {multi.get('error')}")
-    pipe = results.get("pipeline")
-    if pipe:
-        if "img_s" in pipe:
-            lines.append(f"data pipeline (VPT-deep train, {pipe['dataset_images']} images in memory, crop+flip on the "
-                         f"device, {pipe['precision']}): {pipe['img_s']['pipeline']:.2f} img/s vs data already on the "
-                         f"device {pipe['img_s']['on_device']:.2f} img/s, ratio {pipe['pipeline_vs_on_device']:.2f}")
-        else:
-            lines.append(f"data pipeline: {pipe.get('error') or pipe.get('skipped')}")
+    def comparison(key: str, title: str, render: Callable[[dict[str, Any]], list[str]]) -> None:
+        row = results.get(key)
+        if row:
+            lines.extend(render(row) if "img_s" in row else [f"{title}: {row.get('error') or row.get('skipped')}"])
+
+    def yardstick_lines(yard: dict[str, Any]) -> list[str]:
+        parts = ", ".join(f"{k} {v:.2f} img/s" for k, v in yard["img_s"].items())
+        out = [f"yardstick (VPT-deep train, alternating steps): {parts}; "
+               f"vpt/plain_fp32 = {yard['speedup_vs_plain_fp32']:.2f}x"]
+        prec = yard["vpt_precision"]
+        if f"plain_{prec}_vs_plain_fp32" in yard:
+            out.append(f"  {prec} autocast alone makes plain {yard[f'plain_{prec}_vs_plain_fp32']:.2f}x faster; "
+                       f"vpt/plain_{prec} = {yard[f'speedup_vs_plain_{prec}']:.2f}x")
+        return out
+
+    comparison("yardstick", "yardstick", yardstick_lines)
+    comparison("multitask", "multi-task", lambda m: [
+        f"multi-task bank ({m['tasks']} VPT-deep tasks, no-grad, {m['precision']}): mixed batch "
+        f"{m['img_s']['mixed']:.2f} img/s, single-task batch {m['img_s']['single']:.2f} img/s, ratio {m['mixed_vs_single']:.2f}"])
+    comparison("pipeline", "data pipeline", lambda p: [
+        f"data pipeline (VPT-deep train, {p['dataset_images']} images in memory, crop+flip on the device, "
+        f"{p['precision']}): {p['img_s']['pipeline']:.2f} img/s vs data already on the device "
+        f"{p['img_s']['on_device']:.2f} img/s, ratio {p['pipeline_vs_on_device']:.2f}"])
     for t in results.get("targets", []):
         note = "" if t.get("issue_setup", True) else "  [not the issue's setting]"
         lines.append(f"target {t['target']:<16} {'PASS' if t['pass'] else 'FAIL'}  {t['value']:.3f} {t['op']} "

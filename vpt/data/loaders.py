@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .datasets import CachedImageDataset
+from .preprocess import to_device_async
+
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -38,7 +40,7 @@ class DeviceBatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         count = len(self.labels)
         order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
-        order = order.to(self.device)
+        order = to_device_async(order, self.device)
         for batch_index in range(len(self)):
             indices = order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
             images = self.preprocess.prepare_batch(self.images.index_select(0, indices), self.augment, self.generator)

@@ -100,9 +100,16 @@ class Preprocess:
         batch = images.float().div_(255)
         if augment == "flip_crop":
             batch = random_resized_crop_flip(batch, generator)
-        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
-        return batch.sub_(mean).div_(std)
+        stats = to_device_async(torch.tensor([self.mean, self.std]), batch.device)
+        return batch.sub_(stats[0].view(1, 3, 1, 1)).div_(stats[1].view(1, 3, 1, 1))
+
+
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without blocking the host: a plain host-to-GPU copy from pageable
+    memory synchronises the stream, which would stall the CPU on every batch until the GPU catches up."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)  # the pinned buffer lives until the copy ends
+    return tensor.to(device)
 
 
 def random_resized_crop_flip(images: torch.Tensor, generator: torch.Generator | None = None,
@@ -127,6 +134,6 @@ def random_resized_crop_flip(images: torch.Tensor, generator: torch.Generator | 
     theta[:, 0, 2] = centre_x
     theta[:, 1, 1] = half_h
     theta[:, 1, 2] = centre_y
-    theta = theta.to(device=images.device, dtype=images.dtype)
+    theta = to_device_async(theta, images.device).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
