@@ -132,3 +132,24 @@ def test_fast_prompt_path_equals_concatenate_then_block(vit_kwargs, prompt):
         assert (dense_a - dense_b).abs().max().item() <= 1e-5
         for ga, gb in zip(grads_a, grads_b):
             assert (ga - gb).abs().max().item() <= 1e-5
+
+
+def test_prompt_keys_grad_attention_matches_autograd():
+    """The first prompted layer's attention backward (prompt keys/values only) equals autograd through SDPA."""
+    import torch
+    import torch.nn.functional as F
+
+    from vpt.backbones.timm_vit import _PromptKeysGradAttention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8, generator=g) for _ in range(3))
+    k_prompts, v_prompts = (torch.randn(2, 4, 8, generator=g, requires_grad=True) for _ in range(2))
+    grad_out = torch.randn(3, 2, 7, 8, generator=g)
+    reference = F.scaled_dot_product_attention(q, torch.cat([k, k_prompts.expand(3, -1, -1, -1)], 2),
+                                               torch.cat([v, v_prompts.expand(3, -1, -1, -1)], 2))
+    expected = torch.autograd.grad(reference, (k_prompts, v_prompts), grad_out)
+    out = _PromptKeysGradAttention.apply(q, k, v, k_prompts, v_prompts)
+    got = torch.autograd.grad(out, (k_prompts, v_prompts), grad_out)
+    assert (out - reference).abs().max().item() < 1e-6
+    for a, b in zip(got, expected):
+        assert (a - b).abs().max().item() < 1e-5

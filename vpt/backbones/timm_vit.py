@@ -60,17 +60,65 @@ def _prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | N
         # prompt rows computed once for the whole batch, appended after the sample's rows: attention does not
         # depend on the order of keys, and a prompt row's query is never used
         _, k_prompts, v_prompts = attn.qkv(block.norm1(prompts.to(x.dtype))).view(-1, 3, heads, head_dim).unbind(1)
+        if _only_prompts_need_grad(attn, x, q, k_prompts):
+            out = _PromptKeysGradAttention.apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 k_prompts.transpose(0, 1), v_prompts.transpose(0, 1))
+            return _finish_block(block, x, out, num_queries)
         k = torch.cat([k, k_prompts.to(k.dtype).expand(b, -1, -1, -1)], dim=1)
         v = torch.cat([v, v_prompts.to(v.dtype).expand(b, -1, -1, -1)], dim=1)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    out = _attention(attn, q, k, v)
-    out = out.transpose(1, 2).reshape(b, out.shape[2], attn.attn_dim)
+    return _finish_block(block, x, _attention(attn, q, k, v), num_queries)
+
+
+def _finish_block(block: nn.Module, x: torch.Tensor, out: torch.Tensor, num_queries: int | None) -> torch.Tensor:
+    """The rest of a timm ``Block`` after attention: projection, residual, MLP. ``out`` is (B, H, N, d)."""
+    attn = block.attn
+    out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], attn.attn_dim)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
     if num_queries is not None:
         x = x[:, :num_queries]
     x = x + block.drop_path1(block.ls1(out))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def _only_prompts_need_grad(attn: nn.Module, x: torch.Tensor, q: torch.Tensor, k_prompts: torch.Tensor) -> bool:
+    """The first prompted layer of a frozen backbone in training: its input comes from the frozen patch embedding,
+    so queries and the samples' keys/values need no gradient, only the prompts' keys/values (CPU fp32)."""
+    return (torch.is_grad_enabled() and not x.requires_grad and k_prompts.requires_grad
+            and q.device.type == "cpu" and q.dtype == torch.float32 and not (attn.training and attn.attn_drop.p)
+            and isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
+            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"))
+
+
+class _PromptKeysGradAttention(torch.autograd.Function):
+    """Attention over ``[sample keys, prompt keys]`` whose backward computes only the prompt keys' and values'
+    gradients (P columns), not the full flash-attention backward over every query and key.
+
+    ``q``, ``k``, ``v``: (B, H, N, d) without gradient; ``k_prompts``, ``v_prompts``: (H, P, d), the same for every
+    sample. The forward is PyTorch's CPU flash kernel, which also returns the log-sum-exp the backward needs.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, k_prompts, v_prompts):
+        b = q.shape[0]
+        k = torch.cat([k, k_prompts.expand(b, -1, -1, -1)], dim=2)
+        v = torch.cat([v, v_prompts.expand(b, -1, -1, -1)], dim=2)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+        ctx.save_for_backward(q, k_prompts, v_prompts, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k_prompts, v_prompts, out, lse = ctx.saved_tensors
+        scale = q.shape[-1] ** -0.5
+        # softmax probabilities of the prompt columns only, (B, H, N, P)
+        probs = torch.matmul(q, k_prompts.transpose(-2, -1)).mul_(scale).sub_(lse.unsqueeze(-1)).exp_()
+        grad_v = torch.matmul(probs.transpose(-2, -1), grad_out).sum(0)
+        delta = (grad_out * out).sum(-1, keepdim=True)
+        grad_scores = probs.mul_(torch.matmul(grad_out, v_prompts.transpose(-2, -1)).sub_(delta))
+        grad_k = torch.matmul(grad_scores.transpose(-2, -1), q).sum(0).mul_(scale)
+        return None, None, None, grad_k, grad_v
 
 
 def _timm_data_config(model: nn.Module) -> dict[str, Any]:
