@@ -65,6 +65,7 @@ def test_data_pipeline_row(bench_run):
 
 
 def test_pipeline_dataset_from_an_imagefolder(tmp_path):
+    import torch
     from test_data import make_imagefolder
 
     from vpt.bench import pipeline_dataset
@@ -72,7 +73,7 @@ def test_pipeline_dataset_from_an_imagefolder(tmp_path):
     root = make_imagefolder(tmp_path / "folder", per_class={"train": 4, "test": 1})
     config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
     dataset = pipeline_dataset({"pipeline_images": 6, "pipeline_data": str(root), "num_classes": 3}, config)
-    assert len(dataset) == 6 and dataset.images.dtype.is_floating_point is False
+    assert len(dataset) == 6 and dataset.images.dtype == torch.uint8
     assert tuple(dataset.images.shape) == (6, 3, 16, 16) and dataset.augment == "flip_crop"
 
 
@@ -153,3 +154,11 @@ def test_prompt_keys_grad_attention_matches_autograd():
     assert (out - reference).abs().max().item() < 1e-6
     for a, b in zip(got, expected):
         assert (a - b).abs().max().item() < 1e-5
+
+
+def test_missing_pipeline_data_stops_before_any_measurement(tmp_path):
+    from vpt.bench import run
+
+    with pytest.raises(SystemExit, match="is not a folder; pass an ImageFolder"):
+        run(["--pipeline-images", "4", "--pipeline-data", str(tmp_path / "missing"), "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()

@@ -148,7 +148,7 @@ def test_best_checkpoint_is_never_picked_on_val_that_was_trained_on(tmp_path, tr
     assert trainer.state.best_epoch == (2 if train_on_trainval else 1)
 
 
-def test_search_on_val_refuses_train_on_trainval():
+def test_optuna_search_turns_train_on_trainval_off():
     # hparams_search comes last in the defaults, so its train_on_trainval=false beats an experiment's true
     cfg = compose_train(["hparams_search=optuna", "experiment=vtab_cifar100_vpt_deep"])
     assert cfg.data.train_on_trainval is False and cfg.optimized_metric == "val_top1"

@@ -533,7 +533,7 @@ def worker_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     times = time_alternating(contenders, spec, device)
     img_s = {k: bs / median(v) for k, v in times.items()}
     return {"precision": precision, "dataset_images": len(dataset), "data": spec.get("pipeline_data") or "random uint8",
-            "dataset_device_bytes": loader.images.numel(), "times_s": times, "img_s": img_s,
+            "dataset_device_bytes": loader.images.numel() * loader.images.element_size(), "times_s": times, "img_s": img_s,
             "pipeline_vs_on_device": img_s["pipeline"] / img_s["on_device"]}
 
 
@@ -766,6 +766,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
     precision = resolve_precision(args.precision, device)
     yard_precision = resolve_precision(args.yardstick_precision, device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.pipeline_images > 0 and args.pipeline_data and not Path(args.pipeline_data).is_dir():
+        raise SystemExit(f"vpt-bench: --pipeline-data {args.pipeline_data} is not a folder; pass an ImageFolder "
+                         "(e.g. ../shared/data/cifar10) or leave it out for random uint8 images")
     import vpt
 
     unknown = [m for m in methods if m not in vpt.METHODS]
