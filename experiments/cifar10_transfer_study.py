@@ -3,8 +3,9 @@
 1. Pretrain a small ViT from scratch on 5 source classes (full training): `vpt-train experiment=cifar10_pretrain`.
 2. Freeze it and adapt it to the 5 disjoint target classes with 1,000 training images (VTAB-1k style) by
    linear probe, VPT-shallow, VPT-deep, pixel padding and full fine-tuning. Each method's learning rate is
-   picked from a small grid on seed 0 (train on 800 images, score on the other 200), then every seed trains
-   on all 1,000 with it (3 seeds each):
+   picked from a small grid on seed 0 (train on 800 images, score on the other 200); while the best value
+   sits at an edge of what was searched, the grid grows one step past that edge (at most --max-extend
+   times). Then every seed trains on all 1,000 with the chosen rate (3 seeds each):
    `vpt-train experiment=cifar10_transfer prompt=<method> seed=<s> backbone.pretrained=<source weights>`.
 3. Evaluate on the target classes' 5,000 test images at the last epoch (val is part of the training set, so
    it cannot pick a checkpoint); write a markdown table, JSON and a plot.
@@ -39,7 +40,8 @@ METHOD_OVERRIDES = {
 }
 # base_lr grid per method, searched on seed 0: train on the 800, score on the 200 val images (the VPT protocol).
 # The chosen lr then trains on all 1,000 images for every seed. Prompts want large learning rates (VPT, Bahng et
-# al.), full fine-tuning a small one. --no-lr-search uses the middle value.
+# al.), full fine-tuning a small one. --no-lr-search uses the middle value. A best value at the grid's edge
+# means the optimum may lie outside it, so the search then extends the grid (see search_learning_rates).
 LR_GRID = {
     "linear": [0.5, 2.0, 8.0],
     "shallow": [0.5, 2.0, 8.0],
@@ -47,6 +49,40 @@ LR_GRID = {
     "pad": [0.5, 2.0, 8.0],
     "full": [0.0001, 0.0005, 0.002],
 }
+
+
+def best_lr(scores: dict[float, float]) -> float:
+    """The lr with the highest score; ties go to the smaller lr."""
+    return max(sorted(scores), key=lambda lr: (scores[lr], -lr))
+
+
+def next_lrs(scores: dict[float, float], extensions_left: int) -> list[float]:
+    """One more lr past the searched range when the best one sits at its edge (same ratio as the edge's
+    neighbour), or nothing when the best is inside the range or no extension is left."""
+    lrs = sorted(scores)
+    if extensions_left <= 0 or len(lrs) < 2:
+        return []
+    best = best_lr(scores)
+    if best == lrs[0]:
+        return [float(f"{lrs[0] * lrs[0] / lrs[1]:.3g}")]  # rounded: the lr also names the run's folder
+    if best == lrs[-1]:
+        return [float(f"{lrs[-1] * lrs[-1] / lrs[-2]:.3g}")]
+    return []
+
+
+def search_learning_rates(grids: dict[str, list[float]], score, pool, max_extend: int) -> dict[str, dict[float, float]]:
+    """Val score of every (method, lr): each method's grid first, then rounds that extend the grid of every method
+    whose best lr is at an edge, up to ``max_extend`` times. ``score(method, lr)`` runs in ``pool``, so the runs of
+    one round go in parallel."""
+    scores: dict[str, dict[float, float]] = {method: {} for method in grids}
+    todo = [(method, lr) for method, grid in grids.items() for lr in grid]
+    for round_ in range(max_extend + 1):
+        for (method, lr), value in zip(todo, pool.map(lambda job: score(*job), todo)):
+            scores[method][lr] = value
+        todo = [(method, lr) for method in grids for lr in next_lrs(scores[method], max_extend - round_)]
+        if not todo:
+            break
+    return scores
 
 
 def vpt_train(args: list[str], run_dir: Path) -> dict:
@@ -72,6 +108,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="target runs at a time (each uses one CPU thread)")
     parser.add_argument("--no-lr-search", dest="lr_search", action="store_false",
                         help="skip the per-method learning-rate search on val; use each grid's middle value")
+    parser.add_argument("--max-extend", type=int, default=2,
+                        help="how many times a method's lr grid may grow past an edge that holds the best val score")
     parser.add_argument("overrides", nargs="*", help="extra vpt-train overrides for every run, e.g. trainer.device=cuda")
     args = parser.parse_args()
 
@@ -94,13 +132,16 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         search: dict[str, dict[float, float]] = {}
         if args.lr_search:
-            grid = [(method, lr) for method in args.methods for lr in LR_GRID[method]]
-            found = pool.map(lambda job: vpt_train(transfer_run(job[0], 0, job[1], "data.train_on_trainval=false"),
-                                                   out / "search" / f"{job[0]}_lr{job[1]}"), grid)
-            for (method, lr), result in zip(grid, found):
-                search.setdefault(method, {})[lr] = result["val_top1"]
-        chosen = {method: max(search[method], key=search[method].get) if method in search else LR_GRID[method][1]
-                  for method in args.methods}
+            search = search_learning_rates(
+                {method: LR_GRID[method] for method in args.methods},
+                lambda method, lr: vpt_train(transfer_run(method, 0, lr, "data.train_on_trainval=false"),
+                                             out / "search" / f"{method}_lr{lr}")["val_top1"],
+                pool, args.max_extend)
+        chosen = {method: best_lr(search[method]) if method in search else LR_GRID[method][1] for method in args.methods}
+        for method, scores in search.items():
+            if next_lrs(scores, 1):
+                print(f"warning: {method}'s best lr {chosen[method]:g} is still at the edge of the searched range "
+                      f"{sorted(scores)}; raise --max-extend to look further", flush=True)
         jobs = [(method, seed) for method in args.methods for seed in args.seeds]
         runs = list(pool.map(lambda job: vpt_train(transfer_run(job[0], job[1], chosen[job[0]]),
                                                    out / "runs" / f"{job[0]}_lr{chosen[job[0]]}_seed{job[1]}"), jobs))
@@ -111,7 +152,7 @@ def main() -> None:
         accs = [r["test_top1"] for r in mine]
         rows.append({
             "method": method, "label": LABELS[method], "seeds": len(mine), "base_lr": chosen[method],
-            "val_top1_by_lr": search.get(method),
+            "val_top1_by_lr": dict(sorted(search[method].items())) if method in search else None,
             "test_top1_mean": statistics.mean(accs), "test_top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "trainable_params": mine[0]["trainable_params"], "prompt_file_bytes": mine[0]["prompt_file_bytes"],
             "train_seconds_mean": statistics.mean(r["train_seconds"] for r in mine),
