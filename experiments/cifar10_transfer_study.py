@@ -158,7 +158,9 @@ def main() -> None:
             "train_seconds_mean": statistics.mean(r["train_seconds"] for r in mine),
         })
     summary = {"source_test_top1": source.get("test_top1"), "source_train_seconds": source.get("train_seconds"),
-               "rows": rows, "runs": runs, "total_seconds": time.time() - started,
+               "rows": rows, "runs": runs,
+               # finished runs are reused, so a resumed study counts only the runs it did this time
+               "seconds_this_invocation": time.time() - started,
                "device": runs[0].get("device", "cpu") if runs else "cpu"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     table = ["| method | test top-1 (%) | base lr (val top-1 per lr) | trainable params | prompt file | train time |",

@@ -9,6 +9,7 @@ Every image goes through the same two stages whether or not it is cached:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -100,8 +101,14 @@ class Preprocess:
         batch = images.float().div_(255)
         if augment == "flip_crop":
             batch = random_resized_crop_flip(batch, generator)
-        stats = to_device_async(torch.tensor([self.mean, self.std]), batch.device)
+        stats = _normalisation_stats(self.mean, self.std, batch.device)
         return batch.sub_(stats[0].view(1, 3, 1, 1)).div_(stats[1].view(1, 3, 1, 1))
+
+
+@functools.lru_cache(maxsize=32)
+def _normalisation_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(2, 3) mean/std on ``device``, made once per device rather than copied to it with every batch."""
+    return to_device_async(torch.tensor([mean, std]), device)
 
 
 def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
