@@ -162,3 +162,22 @@ def test_missing_pipeline_data_stops_before_any_measurement(tmp_path):
     with pytest.raises(SystemExit, match="is not a folder; pass an ImageFolder"):
         run(["--pipeline-images", "4", "--pipeline-data", str(tmp_path / "missing"), "--out", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_targets_say_whether_the_run_used_the_issues_setting():
+    from vpt.bench import evaluate_targets
+
+    def targets(backbone, batch, tasks, device="cpu"):
+        results = {"config": {"device": device, "precision": "fp32", "backbone": backbone, "img_size": 224,
+                              "batch_size": batch, "prompt_length": 50},
+                   "methods": {"deep": {"step_forward_ratio": 2.0, "peak_mem_bytes": 7},
+                               "full": {"peak_mem_bytes": 10}},
+                   "multitask": {"tasks": tasks, "mixed_vs_single": 0.95}}
+        return {t["target"]: t for t in evaluate_targets(results)}
+
+    issue = targets("vit_small_patch16_224", 32, 8)
+    assert issue["step_forward_cpu"]["pass"] and issue["memory_cpu"]["value"] == 0.7
+    assert all(t["issue_setup"] for t in issue.values())
+    other = targets("vit_tiny_patch16_224", 4, 2)
+    assert not any(t["issue_setup"] for t in other.values())
+    assert not targets("vit_small_patch16_224", 32, 2)["multitask"]["issue_setup"]  # 2 tasks, not 8
