@@ -64,8 +64,9 @@ def create_timm_backbone(name: str, pretrained: Any = False, **kwargs) -> Backbo
                 model = timm.create_model(name, pretrained=False, **kwargs)
                 model.load_pretrained(path)
             else:
-                # keep the caller's overlay (e.g. input_size of a shrunk ViT) and point it at the file
-                overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), "file": path}
+                # keep the caller's overlay (e.g. input_size of a shrunk ViT) and point it at the file; a registry
+                # entry for .npz weights sets custom_load, which timm < 1.0.31 keeps for an overlaid file
+                overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), "file": path, "custom_load": False}
                 model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
         except WeightsUnavailableError:
             raise
