@@ -272,3 +272,18 @@ def test_whole_open_clip_instance_brings_its_text_tower():
     assert sum(p.numel() for p in model.backbone.parameters()) == sum(p.numel() for p in clip.visual.parameters())
     head = vpt.ZeroShotHead.from_clip(model.backbone.clip_model, model.backbone.tokenizer, ["a", "b", "c"])
     assert head.weight.shape == (3, 512)
+
+
+def test_torch_compile_gives_the_eager_prompt_gradients():
+    """trainer.compile=true wraps the model in torch.compile: the prompted forward (views of qkv, prompt rows
+    appended once per batch, the first layer's custom backward) must trace and give eager's gradients."""
+    torch.manual_seed(0)
+    eager = _make("deep").train()
+    compiled = copy.deepcopy(eager)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    F.cross_entropy(eager(x), y).backward()
+    F.cross_entropy(torch.compile(compiled)(x), y).backward()
+    grads = [(a.grad, b.grad) for a, b in zip(eager.trainable_parameters(), compiled.trainable_parameters())]
+    assert len(grads) == 3 and all(b is not None for _, b in grads)  # prompts, head weight and bias
+    for a, b in grads:
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
