@@ -21,7 +21,8 @@ def bench_run(tmp_path_factory):
     cmd = [sys.executable, "-m", "vpt.bench", "--backbone", "vit_tiny_patch16_224", "--img-size", "32",
            "--patch-size", "8", "--backbone-kwargs", '{"depth": 2}', "--batch-size", "4", "--warmup", "1",
            "--steps", "2", "--prompt-length", "5", "--pad-size", "4", "--num-classes", "10", "--tasks", "8",
-           "--threads", "1", "--timeout", "120", "--pipeline-images", "16", "--out", str(out)]
+           "--threads", "1", "--timeout", "120", "--pipeline-images", "16", "--flops", "--peak-tflops", "0.5",
+           "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -62,6 +63,22 @@ def test_data_pipeline_row(bench_run):
     assert pipe["img_s"]["pipeline"] > 0 and pipe["img_s"]["on_device"] > 0 and pipe["pipeline_vs_on_device"] > 0
     assert "pipeline" in {t["target"] for t in results["targets"]}
     assert "data pipeline" in stdout
+
+
+def test_flops_and_mfu_for_every_method(bench_run):
+    """The GPU benchmark reports model FLOPs utilisation from these counts (on by default on CUDA)."""
+    stdout, results = bench_run
+    rows = results["methods"]
+    for method, row in rows.items():
+        assert "flops_error" not in row, (method, row.get("flops_error"))
+        assert row["forward_flops_per_image"] > 0 and row["train_flops_per_image"] > 0, method
+        assert row["mfu"] == pytest.approx(row["train_flops_per_image"] * row["train_img_s"] / 0.5e12)
+    # prompt keys add attention work; full fine-tuning adds weight gradients (about 3x its forward), frozen
+    # backbones only input gradients
+    assert rows["deep"]["forward_flops_per_image"] > rows["linear"]["forward_flops_per_image"]
+    assert rows["full"]["train_flops_per_image"] > 2.5 * rows["full"]["forward_flops_per_image"]
+    assert rows["deep"]["train_flops_per_image"] < rows["full"]["train_flops_per_image"]
+    assert stdout.count("MFU") == len(METHODS)
 
 
 def test_pipeline_dataset_from_an_imagefolder(tmp_path):
@@ -106,10 +123,12 @@ def test_plain_yardstick_is_vpt_deep():
                                        {"qkv_bias": False}])
 @pytest.mark.parametrize("prompt", [dict(method="deep", length=5), dict(method="shallow", length=5),
                                     dict(method="deep", length=3, depth=[0, 2]), dict(method="deep", length=4, depth=2),
-                                    dict(method="deep", length=4, project_dim=8)])
+                                    dict(method="deep", length=4, project_dim=8), dict(method="linear"),
+                                    dict(method="pad", size=4), dict(method="bias"), dict(method="full")])
 def test_fast_prompt_path_equals_concatenate_then_block(vit_kwargs, prompt):
     """The speed path (keys/values-only prompt rows, class-token-only last block) gives the same outputs and
-    prompt/head gradients as concatenating the prompts and running each timm block whole."""
+    trainable-parameter gradients as concatenating the prompts and running each timm block whole; methods without
+    token prompts take the class-token-only last block too."""
     import torch
     import torch.nn.functional as F
 
@@ -133,6 +152,27 @@ def test_fast_prompt_path_equals_concatenate_then_block(vit_kwargs, prompt):
         assert (dense_a - dense_b).abs().max().item() <= 1e-5
         for ga, gb in zip(grads_a, grads_b):
             assert (ga - gb).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["linear", "pad", "full", "deep"])
+def test_last_block_skips_the_patch_rows_for_every_method(method):
+    """With class-token pooling the last block computes the class token only, whatever the method: fewer FLOPs
+    than the whole block (the equality with the whole block is checked above)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import vpt
+    from conftest import tiny_vit
+
+    model = vpt.PromptedModel(tiny_vit(), vpt.PromptConfig(method=method, length=4, size=4), num_classes=7).eval()
+    flops = {}
+    for fast in (True, False):
+        model.fast_prompt_path = fast
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.randn(2, 3, 32, 32))
+        flops[fast] = counter.get_total_flops()
+    # tiny_vit: 4 blocks of 17 tokens (+4 prompts); the last block's patch rows are about a fifth of the work
+    assert flops[True] < 0.9 * flops[False], flops
 
 
 def test_prompt_keys_grad_attention_matches_autograd():

@@ -93,7 +93,11 @@ def test_disabled_prompts_equal_unmodified_timm(make_model, method):
     model = PromptedModel(copy.deepcopy(reference), PromptConfig(method=method, length=0, size=0)).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(model(x), reference(x))
+        expected = reference(x)
+        # the default path computes only the class token in the last block: other matmul shapes, same function
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+        model.fast_prompt_path = False  # timm's own blocks, bit for bit
+        assert torch.equal(model(x), expected)
 
 
 def test_disabled_prompts_equal_unmodified_open_clip():

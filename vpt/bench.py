@@ -338,16 +338,13 @@ def prompt_file_bytes(model) -> dict[str, int]:
     return {"prompt_file_bytes": sum(sizes.values()), "prompt_weights_bytes": sizes.get("prompt.safetensors", 0)}
 
 
-def flops_per_image(fn: Callable[[], Any], batch_size: int) -> float | None:
+def flops_per_image(fn: Callable[[], Any], batch_size: int) -> float:
     """FLOPs of one call of ``fn`` counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention)."""
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
-            fn()
-        return counter.get_total_flops() / batch_size
-    except Exception:  # the counter does not know every kernel on every build
-        return None
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / batch_size
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -414,11 +411,14 @@ def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
     result.update(train_step_s=train_t, forward_s=fwd_t, train_img_s=bs / train_t, infer_img_s=bs / fwd_t,
                   step_forward_ratio=train_t / fwd_t, train_times_s=times["train"], forward_times_s=times["forward"])
     if spec.get("flops"):  # counted on the eager model (the counter does not see inside compiled graphs)
-        result["train_flops_per_image"] = flops_per_image(
-            train_step_fn(model, optimizer, images, labels, device, precision), bs)
-        result["forward_flops_per_image"] = flops_per_image(forward_fn(model, images, device, precision), bs)
+        try:
+            result["train_flops_per_image"] = flops_per_image(
+                train_step_fn(model, optimizer, images, labels, device, precision), bs)
+            result["forward_flops_per_image"] = flops_per_image(forward_fn(model, images, device, precision), bs)
+        except Exception as err:  # keep the timings; say why there is no MFU
+            result["flops_error"] = f"{type(err).__name__}: {err}"
         peak_tflops = spec.get("peak_tflops")
-        if peak_tflops and result["train_flops_per_image"]:
+        if peak_tflops and result.get("train_flops_per_image"):
             result["mfu"] = result["train_flops_per_image"] * result["train_img_s"] / (peak_tflops * 1e12)
     return result
 
@@ -670,6 +670,8 @@ def format_table(results: dict[str, Any]) -> str:
         if r.get("mfu") is not None:
             lines.append(f"{'':<8} train FLOPs/image {r['train_flops_per_image'] / 1e9:.1f} G, MFU {100 * r['mfu']:.1f}% "
                          f"of {cfg.get('peak_tflops')} TFLOP/s")
+        if r.get("flops_error"):
+            lines.append(f"{'':<8} FLOPs not counted: {r['flops_error'].splitlines()[0]}")
     def comparison(key: str, title: str, render: Callable[[dict[str, Any]], list[str]]) -> None:
         row = results.get(key)
         if row:

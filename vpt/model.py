@@ -168,10 +168,10 @@ class PromptedModel(nn.Module):
         return self.param_summary()["trainable"]
 
     # ---- forward --------------------------------------------------------------------------
-    #: Run prompted layers through the backbone's fast path where it has one (``run_prompted_block``): VPT-deep
-    #: prompts whose outputs the next layer discards get keys/values only, computed once per batch, and the last
-    #: layer computes only the class token when that is all the pooling reads. Same function, fewer FLOPs; set
-    #: False for the straightforward concatenate-then-block evaluation.
+    #: Run layers through the backbone's fast path where it has one (``run_prompted_block``): VPT-deep prompts
+    #: whose outputs the next layer discards get keys/values only, computed once per batch, and the last layer
+    #: computes only the class token when that is all the pooling reads (every method, prompts or not). Same
+    #: function, fewer FLOPs; set False for the straightforward concatenate-then-block evaluation.
     fast_prompt_path: bool = True
 
     def forward_tokens(self, images: torch.Tensor, prefix_only: bool = False) -> torch.Tensor:
@@ -186,9 +186,9 @@ class PromptedModel(nn.Module):
         tokens = backbone.embed(images)
         num_prefix, prompt_length = backbone.num_prefix_tokens, 0
         prompts = self.token_prompts
-        fast = prompts is not None and self.fast_prompt_path
+        fast = self.fast_prompt_path  # also without token prompts: the last block may skip the patch rows
         fresh = set(prompts.layers) if prompts is not None else set()
-        shared = fast and prompts.batch_shared
+        shared = prompts is not None and prompts.batch_shared
         last = backbone.num_layers - 1
         for index, block in enumerate(backbone.blocks):
             if fast and backbone.supports_prompted_block(index):
@@ -202,7 +202,7 @@ class PromptedModel(nn.Module):
                     prompt_length = 0
                     continue
                 if discarded and queries is not None:
-                    step = prompts.prompts_at(index, tokens.shape[0])
+                    step = prompts.prompts_at(index, tokens.shape[0]) if prompts is not None else None
                     if step is not None:
                         tokens = insert_or_replace(tokens, step, num_prefix, prompt_length)
                     tokens = backbone.run_prompted_block(index, tokens, None, queries)

@@ -44,7 +44,7 @@ class TokenPrompts(nn.Module):
         slot = self.slot.get(layer)
         if slot is None:
             return None
-        prompts = self.embeddings[slot]
+        prompts = self._embedding(slot)
         if self.projection is not None:
             prompts = self.projection(prompts)
         return self.dropout(prompts.expand(batch_size, -1, -1))
@@ -56,8 +56,14 @@ class TokenPrompts(nn.Module):
         slot = self.slot.get(layer)
         if slot is None:
             return None
-        prompts = self.embeddings[slot]
+        prompts = self._embedding(slot)
         return self.projection(prompts) if self.projection is not None else prompts
+
+    def _embedding(self, slot: int) -> torch.Tensor:
+        # Under no_grad, a view of a parameter still reports requires_grad=True but has no autograd node; module
+        # hooks that track gradients (FlopCounterMode's module tracker) then fail on it, so hand out a detached view.
+        prompts = self.embeddings[slot]
+        return prompts if torch.is_grad_enabled() else prompts.detach()
 
     @property
     def batch_shared(self) -> bool:
