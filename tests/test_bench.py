@@ -175,6 +175,29 @@ def test_last_block_skips_the_patch_rows_for_every_method(method):
     assert flops[True] < 0.9 * flops[False], flops
 
 
+def test_deep_layers_do_not_keep_their_qkv_output_for_backward():
+    """Memory: once a VPT-deep layer has copied its keys/values to append the prompts, backward must not keep
+    that layer's whole qkv output alive through a view of q (the first prompted layer keeps it: its custom
+    backward reads q, k and v there)."""
+    import torch
+
+    import vpt
+    from conftest import tiny_vit
+
+    batch, tokens, dim = 4, 17, 48  # tiny_vit: 32 px, patch 8, one class token, width 48
+    model = vpt.PromptedModel(tiny_vit(), vpt.PromptConfig(method="deep", length=5), num_classes=7).train()
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(batch, 3, 32, 32))
+    qkv_outputs = [n for n in saved.values() if n == batch * tokens * 3 * dim * 4]
+    assert len(qkv_outputs) == 1, len(qkv_outputs)
+
+
 def test_prompt_keys_grad_attention_matches_autograd():
     """The first prompted layer's attention backward (prompt keys/values only) equals autograd through SDPA."""
     import torch

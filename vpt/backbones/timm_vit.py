@@ -66,6 +66,10 @@ def _prompted_block(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor | N
             return _finish_block(block, x, out, num_queries)
         k = torch.cat([k, k_prompts.to(k.dtype).expand(b, -1, -1, -1)], dim=1)
         v = torch.cat([v, v_prompts.to(v.dtype).expand(b, -1, -1, -1)], dim=1)
+        if torch.is_grad_enabled():
+            # k and v are copies now; a q of its own lets the qkv output go, where attention saving the q view
+            # for backward would keep all three thirds of it alive
+            q = q.contiguous()
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     q, k = attn.q_norm(q), attn.k_norm(k)
     return _finish_block(block, x, _attention(attn, q, k, v), num_queries)
