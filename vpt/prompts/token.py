@@ -41,29 +41,21 @@ class TokenPrompts(nn.Module):
 
     def prompts_at(self, layer: int, batch_size: int) -> torch.Tensor | None:
         """(B, P, D) prompts entering ``layer``, or None if the layer has none."""
-        slot = self.slot.get(layer)
-        if slot is None:
-            return None
-        prompts = self._embedding(slot)
-        if self.projection is not None:
-            prompts = self.projection(prompts)
-        return self.dropout(prompts.expand(batch_size, -1, -1))
+        prompts = self.shared_at(layer)
+        return None if prompts is None else self.dropout(prompts.expand(batch_size, -1, -1))
 
     def shared_at(self, layer: int) -> torch.Tensor | None:
-        """(P, D) prompts entering ``layer``, the same for every sample, or None if the layer has none.
-
-        Only valid while dropout is inactive (see :attr:`batch_shared`)."""
+        """(P, D) prompts entering ``layer`` before prompt dropout, the same for every sample, or None if the layer
+        has none. Use it for the whole batch only while dropout is inactive (see :attr:`batch_shared`)."""
         slot = self.slot.get(layer)
         if slot is None:
             return None
-        prompts = self._embedding(slot)
-        return self.projection(prompts) if self.projection is not None else prompts
-
-    def _embedding(self, slot: int) -> torch.Tensor:
-        # Under no_grad, a view of a parameter still reports requires_grad=True but has no autograd node; module
-        # hooks that track gradients (FlopCounterMode's module tracker) then fail on it, so hand out a detached view.
         prompts = self.embeddings[slot]
-        return prompts if torch.is_grad_enabled() else prompts.detach()
+        if not torch.is_grad_enabled():
+            # under no_grad a view of a parameter still says requires_grad but has no autograd node; module hooks
+            # that track gradients (FlopCounterMode's module tracker) fail on it
+            prompts = prompts.detach()
+        return self.projection(prompts) if self.projection is not None else prompts
 
     @property
     def batch_shared(self) -> bool:
@@ -73,11 +65,7 @@ class TokenPrompts(nn.Module):
     @torch.no_grad()
     def effective(self) -> dict[int, torch.Tensor]:
         """Layer → (P, D) prompts as the backbone sees them in eval mode (projection applied)."""
-        out = {}
-        for layer, slot in self.slot.items():
-            p = self.embeddings[slot]
-            out[layer] = self.projection(p) if self.projection is not None else p
-        return out
+        return {layer: self.shared_at(layer) for layer in self.slot}
 
 
 def insert_or_replace(tokens: torch.Tensor, prompts: torch.Tensor, num_prefix: int, current_length: int) -> torch.Tensor:
