@@ -18,6 +18,7 @@ Finished runs (their results.json) are reused, so an interrupted study continues
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -85,13 +86,49 @@ def search_learning_rates(grids: dict[str, list[float]], score, pool, max_extend
     return scores
 
 
-def vpt_train(args: list[str], run_dir: Path) -> dict:
-    """Run vpt-train into run_dir unless it already finished there; return its results.json."""
+RUN_RECORD = "study_run.json"  # what a finished run was made from: its vpt-train arguments and source weights
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (the source weights): a re-trained source makes every target run stale."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_record(args: list[str], source_digest: str | None) -> dict:
+    return {"args": list(args), "source_sha256": source_digest}
+
+
+def recorded(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def vpt_train(args: list[str], run_dir: Path, source_digest: str | None = None) -> dict:
+    """Run vpt-train into run_dir and return its results.json. A run of the same arguments and source weights is
+    reused when finished and resumed (trainer.resume) when interrupted; a run made otherwise (older study settings,
+    another source) is moved aside, never mixed in."""
+    record = run_record(args, source_digest)
     results = run_dir / "results.json"
-    if results.is_file():
+    same = recorded(run_dir) == record
+    if same and results.is_file():
         return json.loads(results.read_text())
+    if run_dir.exists() and not same:
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        stale = next(candidate for n in range(1000) if not (candidate := run_dir.with_name(
+            f"{run_dir.name}.stale-{stamp}{f'-{n}' if n else ''}")).exists())
+        print(f"{run_dir} was made with other settings or source weights: moved to {stale.name}", flush=True)
+        run_dir.rename(stale)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2))  # first: an interrupted run resumes, not restarts
     exe = Path(sys.executable).with_name("vpt-train")
-    cmd = [str(exe) if exe.exists() else "vpt-train", *args, f"hydra.run.dir={run_dir}", "logger=csv", "trainer.progress_bar=false"]
+    cmd = [str(exe) if exe.exists() else "vpt-train", *args, f"hydra.run.dir={run_dir}", "logger=csv",
+           "trainer.progress_bar=false", "trainer.resume=true"]  # resume: from resume.pt when there is one
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads(results.read_text())
@@ -121,8 +158,11 @@ def main() -> None:
     out = Path(args.out).resolve()
     started = time.time()
 
-    source = vpt_train(["experiment=cifar10_pretrain", f"trainer.epochs={args.pretrain_epochs}", *args.overrides], out / "pretrain")
+    # the pretraining runs alone, so it uses every core (the target runs use one thread each, --jobs at a time)
+    source = vpt_train(["experiment=cifar10_pretrain", f"trainer.epochs={args.pretrain_epochs}", "trainer.cpu_threads=null",
+                        *args.overrides], out / "pretrain")
     weights = out / "pretrain" / "cifar_vit_source.safetensors"
+    source_digest = file_digest(weights)
     def transfer_run(method: str, seed: int, lr: float, *extra: str) -> list[str]:
         return ["experiment=cifar10_transfer", f"prompt={method}", f"seed={seed}", f"backbone.pretrained={weights}",
                 f"trainer.epochs={args.epochs}", *METHOD_OVERRIDES[method], f"optim.base_lr={lr}", *extra,
@@ -135,7 +175,7 @@ def main() -> None:
             search = search_learning_rates(
                 {method: LR_GRID[method] for method in args.methods},
                 lambda method, lr: vpt_train(transfer_run(method, 0, lr, "data.train_on_trainval=false"),
-                                             out / "search" / f"{method}_lr{lr}")["val_top1"],
+                                             out / "search" / f"{method}_lr{lr}", source_digest)["val_top1"],
                 pool, args.max_extend)
         chosen = {method: best_lr(search[method]) if method in search else LR_GRID[method][1] for method in args.methods}
         for method, scores in search.items():
@@ -144,7 +184,8 @@ def main() -> None:
                       f"{sorted(scores)}; raise --max-extend to look further", flush=True)
         jobs = [(method, seed) for method in args.methods for seed in args.seeds]
         runs = list(pool.map(lambda job: vpt_train(transfer_run(job[0], job[1], chosen[job[0]]),
-                                                   out / "runs" / f"{job[0]}_lr{chosen[job[0]]}_seed{job[1]}"), jobs))
+                                                   out / "runs" / f"{job[0]}_lr{chosen[job[0]]}_seed{job[1]}",
+                                                   source_digest), jobs))
 
     rows = []
     for method in args.methods:

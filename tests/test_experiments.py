@@ -55,3 +55,47 @@ def test_lr_search_stops_after_max_extend_and_keeps_inside_best(study):
 
 def test_lr_ties_go_to_the_smaller_lr(study):
     assert study.best_lr({2.0: 65.5, 0.5: 65.5, 8.0: 65.0}) == 0.5
+
+
+class _FakeVptTrain:
+    """Stands in for the vpt-train subprocess: records each command and writes results.json unless told to fail."""
+
+    def __init__(self):
+        self.commands, self.fail = [], False
+
+    def __call__(self, cmd, check, cwd):
+        self.commands.append(cmd)
+        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        if self.fail:
+            raise RuntimeError("killed")
+        (run_dir / "results.json").write_text(f'{{"val_top1": {len(self.commands)}}}')
+
+
+def test_study_reuses_only_runs_of_the_same_settings_and_source(study, tmp_path, monkeypatch):
+    fake = _FakeVptTrain()
+    monkeypatch.setattr(study.subprocess, "run", fake)
+    run_dir = tmp_path / "search" / "deep_lr0.5"
+    args = ["experiment=cifar10_transfer", "prompt=deep"]
+    assert study.vpt_train(args, run_dir, "aaa") == {"val_top1": 1}
+    assert study.vpt_train(args, run_dir, "aaa") == {"val_top1": 1} and len(fake.commands) == 1  # reused
+    # a re-trained source (other weights) or other arguments: the old run is moved aside, never reused
+    assert study.vpt_train(args, run_dir, "bbb") == {"val_top1": 2}
+    assert study.vpt_train([*args, "trainer.epochs=5"], run_dir, "bbb") == {"val_top1": 3}
+    stale = sorted(p.name for p in run_dir.parent.iterdir() if p.name != run_dir.name)
+    assert len(stale) == 2 and all(name.startswith("deep_lr0.5.stale-") for name in stale)
+    # an interrupted run of the same settings continues in place (vpt-train resumes from its resume.pt)
+    other = tmp_path / "runs" / "deep_seed1"
+    fake.fail = True
+    with pytest.raises(RuntimeError):
+        study.vpt_train(args, other, "bbb")
+    fake.fail = False
+    assert study.vpt_train(args, other, "bbb") == {"val_top1": 5}
+    assert "trainer.resume=true" in fake.commands[-1] and list(other.parent.iterdir()) == [other]
+
+
+def test_file_digest_changes_with_the_weights(study, tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"a" * 3_000_000)
+    first = study.file_digest(weights)
+    weights.write_bytes(b"a" * 2_999_999 + b"b")
+    assert study.file_digest(weights) != first and len(first) == 64
