@@ -10,7 +10,7 @@
 3. Evaluate on the target classes' 5,000 test images at the last epoch (val is part of the training set, so
    it cannot pick a checkpoint); write a markdown table, JSON and a plot.
 
-    python experiments/cifar10_transfer_study.py --jobs 2       # CPU: about an hour on 2 cores
+    python experiments/cifar10_transfer_study.py --jobs 2       # CPU: about 72 minutes on 2 cores
     python experiments/cifar10_transfer_study.py trainer.device=cuda   # extra args go to every vpt-train run
 
 Finished runs (their results.json) are reused, so an interrupted study continues where it stopped.
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "cifar10_transfer"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--pretrain-epochs", type=int, default=15)
+    parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--jobs", type=int, default=1, help="target runs at a time (each uses one CPU thread)")
     parser.add_argument("--no-lr-search", dest="lr_search", action="store_false",
