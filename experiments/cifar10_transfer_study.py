@@ -99,6 +99,9 @@ def file_digest(path: Path) -> str:
 
 
 def run_record(args: list[str], source_digest: str | None) -> dict:
+    """The source weights go in by their digest, not their path: a moved study folder is still reused."""
+    if source_digest is not None:
+        args = ["backbone.pretrained=<source>" if arg.startswith("backbone.pretrained=") else arg for arg in args]
     return {"args": list(args), "source_sha256": source_digest}
 
 

@@ -75,9 +75,12 @@ def test_study_reuses_only_runs_of_the_same_settings_and_source(study, tmp_path,
     fake = _FakeVptTrain()
     monkeypatch.setattr(study.subprocess, "run", fake)
     run_dir = tmp_path / "search" / "deep_lr0.5"
-    args = ["experiment=cifar10_transfer", "prompt=deep"]
+    args = ["experiment=cifar10_transfer", "prompt=deep", "backbone.pretrained=/here/w.safetensors"]
     assert study.vpt_train(args, run_dir, "aaa") == {"val_top1": 1}
     assert study.vpt_train(args, run_dir, "aaa") == {"val_top1": 1} and len(fake.commands) == 1  # reused
+    # the source is known by its digest: the same weights at another path (a moved folder) are still reused
+    moved = [*args[:2], "backbone.pretrained=/elsewhere/w.safetensors"]
+    assert study.vpt_train(moved, run_dir, "aaa") == {"val_top1": 1} and len(fake.commands) == 1
     # a re-trained source (other weights) or other arguments: the old run is moved aside, never reused
     assert study.vpt_train(args, run_dir, "bbb") == {"val_top1": 2}
     assert study.vpt_train([*args, "trainer.epochs=5"], run_dir, "bbb") == {"val_top1": 3}
