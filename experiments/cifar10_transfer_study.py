@@ -13,7 +13,8 @@
     python experiments/cifar10_transfer_study.py --jobs 2       # CPU: about 72 minutes on 2 cores
     python experiments/cifar10_transfer_study.py trainer.device=cuda   # extra args go to every vpt-train run
 
-Finished runs (their results.json) are reused, so an interrupted study continues where it stopped.
+A finished run is reused when it was made from the same vpt-train arguments and source weights (study_run.json),
+an interrupted one resumes, and one made otherwise is moved aside, so an interrupted study continues where it stopped.
 """
 from __future__ import annotations
 
@@ -122,9 +123,9 @@ def vpt_train(args: list[str], run_dir: Path, source_digest: str | None = None) 
     if same and results.is_file():
         return json.loads(results.read_text())
     if run_dir.exists() and not same:
-        stamp = time.strftime('%Y%m%d-%H%M%S')
-        stale = next(candidate for n in range(1000) if not (candidate := run_dir.with_name(
-            f"{run_dir.name}.stale-{stamp}{f'-{n}' if n else ''}")).exists())
+        stale = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        while stale.exists():  # moved aside twice in one second
+            stale = stale.with_name(stale.name + "+")
         print(f"{run_dir} was made with other settings or source weights: moved to {stale.name}", flush=True)
         run_dir.rename(stale)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,9 +162,8 @@ def main() -> None:
     out = Path(args.out).resolve()
     started = time.time()
 
-    # the pretraining runs alone, so it uses every core (the target runs use one thread each, --jobs at a time)
-    source = vpt_train(["experiment=cifar10_pretrain", f"trainer.epochs={args.pretrain_epochs}", "trainer.cpu_threads=null",
-                        *args.overrides], out / "pretrain")
+    # the pretraining runs alone on every core (its experiment config); the target runs take one thread each
+    source = vpt_train(["experiment=cifar10_pretrain", f"trainer.epochs={args.pretrain_epochs}", *args.overrides], out / "pretrain")
     weights = out / "pretrain" / "cifar_vit_source.safetensors"
     source_digest = file_digest(weights)
     def transfer_run(method: str, seed: int, lr: float, *extra: str) -> list[str]:
