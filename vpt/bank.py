@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BackboneAdapter, wrap_model
+from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
 from .model import PromptedModel
-from .prompt_file import check_backbone, load_prompted_model
-from .prompts import insert_or_replace
+from .prompt_file import check_backbone, read_prompt_file
 
 
 @dataclass
@@ -55,12 +55,10 @@ class PromptBank(nn.Module):
             if model.backbone_fingerprint != self.fingerprint:
                 raise PromptFileError(f"task {name!r} was trained on other backbone weights than this bank's")
         else:
-            from .prompt_file import read_prompt_file
-
-            manifest, _ = read_prompt_file(source)
-            check_backbone(manifest, self.fingerprint, self.backbone.name, source)
-            model = load_prompted_model(source, backbone=self.backbone)
-        if not model.backbone_frozen or model.prompt_config.method == "bias":
+            manifest, tensors = read_prompt_file(source)  # read once: checked, then built from these contents
+            check_backbone(manifest, self.backbone, source, self.fingerprint)
+            model = PromptedModel.from_prompt_contents(manifest, tensors, source, backbone=self.backbone)
+        if not model.method.shareable_in_bank:
             raise ConfigError(f"task {name!r} tunes backbone weights (prompt={model.prompt_config.method}); "
                               "a bank shares one frozen backbone, so only prompt and linear-probe tasks fit")
         model.eval()
@@ -150,25 +148,8 @@ class PromptBank(nn.Module):
         stack, backbone = self._stack, self.backbone
         if stack["has_pixel"]:
             images = images + stack["pixel"][index].to(images.dtype)
-        tokens = backbone.embed(images)
-        num_prefix, max_len, inserted = backbone.num_prefix_tokens, stack["max_len"], False
-        for layer, block in enumerate(backbone.blocks):
-            if layer in stack["layers"]:
-                stacked, has, all_have = stack["layers"][layer]
-                prompts = stacked[index].to(tokens.dtype)
-                if inserted and not all_have:  # tasks without prompts here keep the previous prompt outputs
-                    keep = ~has[index]
-                    prompts = torch.where(keep[:, None, None], tokens[:, num_prefix:num_prefix + max_len], prompts)
-                tokens = insert_or_replace(tokens, prompts, num_prefix, max_len if inserted else 0)
-                inserted = True
-            bias = None
-            if inserted and stack["needs_mask"][layer]:
-                hidden = ~stack["visible"][layer][index]
-                key_padding = F.pad(hidden, (num_prefix, tokens.shape[1] - num_prefix - max_len), value=False)
-                bias = backbone.attention_bias(key_padding).to(tokens.dtype)
-            tokens = backbone.run_block(layer, tokens, bias)
-        if inserted:
-            tokens = torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix + max_len:]], dim=1)
+        prompts = _BatchPrompts(stack, index, backbone) if stack["layers"] else None
+        tokens = run_layers(backbone, backbone.embed(images), prompts, "prefix" if backbone.pools_first_token else "all")
         return backbone.finish(tokens)[0]
 
     @torch.no_grad()
@@ -180,3 +161,34 @@ class PromptBank(nn.Module):
             features = torch.where(stack["normalize"][index][:, None], F.normalize(features, dim=-1), features)
         logits = torch.einsum("bf,bcf->bc", features, stack["weight"][index]) * stack["scale"][index][:, None]
         return logits + stack["bias"][index]
+
+
+class _BatchPrompts:
+    """The prompt source (see :mod:`vpt.encoder`) of one mixed-task batch: per-sample prompts gathered from the
+    bank's padded stack, and a key bias that hides each task's padding slots."""
+
+    def __init__(self, stack: dict, index: torch.Tensor, backbone: BackboneAdapter) -> None:
+        self.stack, self.index, self.backbone = stack, index, backbone
+        self.num_prefix = backbone.num_prefix_tokens
+
+    def at(self, layer: int, tokens: torch.Tensor, prompt_length: int) -> torch.Tensor | None:
+        if layer not in self.stack["layers"]:
+            return None
+        stacked, has, all_have = self.stack["layers"][layer]
+        prompts = stacked[self.index].to(tokens.dtype)
+        if prompt_length and not all_have:  # tasks without prompts here keep the previous prompt outputs
+            keep = ~has[self.index]
+            previous = tokens[:, self.num_prefix:self.num_prefix + prompt_length]
+            prompts = torch.where(keep[:, None, None], previous, prompts)
+        return prompts
+
+    def replaces_all(self, layer: int) -> bool:
+        entry = self.stack["layers"].get(layer)
+        return entry is not None and entry[2]
+
+    def attn_bias(self, layer: int, num_tokens: int, prompt_length: int) -> torch.Tensor | None:
+        if not prompt_length or not self.stack["needs_mask"][layer]:
+            return None
+        hidden = ~self.stack["visible"][layer][self.index]
+        key_padding = F.pad(hidden, (self.num_prefix, num_tokens - self.num_prefix - prompt_length), value=False)
+        return self.backbone.attention_bias(key_padding)

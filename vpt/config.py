@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import ConfigError
+from .methods import Method, get_method, method_names
 
-TOKEN_METHODS = ("shallow", "deep")
-PIXEL_METHODS = ("pad", "patch", "random_patch")
-BASELINE_METHODS = ("linear", "full", "bias")
-METHODS = BASELINE_METHODS + TOKEN_METHODS + PIXEL_METHODS
+METHODS = method_names()  # the built-in methods; vpt.methods.method_names() also lists ones registered later
 
 
 @dataclass
@@ -41,45 +39,28 @@ class PromptConfig:
     train_head: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown prompt method {self.method!r}; valid names: {', '.join(METHODS)}")
-        if self.is_token:
-            if not isinstance(self.length, int) or self.length < 0:
-                raise ConfigError(f"prompt.length must be an integer >= 0, got {self.length!r}")
-            if self.init not in ("xavier", "patch"):
-                raise ConfigError(f"prompt.init must be 'xavier' or 'patch', got {self.init!r}")
-            if self.method == "shallow" and self.depth not in (None, 1, [0], (0,)):
-                raise ConfigError("prompt=shallow prompts layer 0 only; use prompt=deep with prompt.depth=... for other layers")
-        if self.is_pixel and (not isinstance(self.size, int) or self.size < 0):
-            raise ConfigError(f"prompt.size must be an integer >= 0, got {self.size!r}")
+        self.method_spec.validate(self)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"prompt.dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.depth, (list, tuple)):
             self.depth = [int(d) for d in self.depth]
 
     @property
+    def method_spec(self) -> Method:
+        """The registered :class:`~vpt.methods.Method` named by ``method`` (unknown names: one clear error)."""
+        return get_method(self.method)
+
+    @property
     def is_token(self) -> bool:
-        return self.method in TOKEN_METHODS
+        return self.method_spec.kind == "token"
 
     @property
     def is_pixel(self) -> bool:
-        return self.method in PIXEL_METHODS
+        return self.method_spec.kind == "pixel"
 
     def prompt_layers(self, num_layers: int) -> list[int]:
         """Resolve ``depth`` to a sorted list of layer indices for a backbone with ``num_layers`` blocks."""
-        if not self.is_token or self.length == 0:
-            return []
-        depth = self.depth
-        if depth is None:
-            depth = 1 if self.method == "shallow" else num_layers
-        layers = list(range(depth)) if isinstance(depth, int) else sorted(set(depth))
-        bad = [d for d in layers if not 0 <= d < num_layers]
-        if bad or not layers:
-            raise ConfigError(
-                f"prompt.depth {self.depth!r} does not fit a backbone with {num_layers} layers; "
-                f"use an int in 1..{num_layers} or a list of layer indices in 0..{num_layers - 1}"
-            )
-        return layers
+        return self.method_spec.prompt_layers(self, num_layers)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -5,15 +5,6 @@ class VptError(Exception):
     """Base class for vpt errors that carry a user-facing fix."""
 
 
-class UnknownNameError(VptError, KeyError):
-    def __init__(self, kind: str, name: str, valid):
-        self.kind, self.name, self.valid = kind, name, sorted(valid)
-        super().__init__(f"unknown {kind} {name!r}; valid names: {', '.join(self.valid)}")
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return self.args[0]
-
-
 class WeightsUnavailableError(VptError, RuntimeError):
     pass
 
@@ -24,3 +15,12 @@ class PromptFileError(VptError, ValueError):
 
 class ConfigError(VptError, ValueError):
     pass
+
+
+class UnknownNameError(ConfigError, KeyError):  # a bad option name: a config error, and a KeyError
+    def __init__(self, kind: str, name: str, valid):
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        super().__init__(f"unknown {kind} {name!r}; valid names: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]

@@ -63,3 +63,17 @@ class ZeroShotHead(nn.Module):
         head = cls(torch.stack(weights), logit_scale=scale, trainable=trainable)
         head.templates = list(templates)
         return head
+
+
+def zero_shot_head_for(backbone, class_names: Sequence[str], templates: Sequence[str] | None = None,
+                       trainable: bool = False) -> ZeroShotHead:
+    """The zero-shot head of a CLIP backbone adapter (its text tower) for ``class_names``; one clear error otherwise."""
+    from .errors import ConfigError
+
+    if backbone.clip_model is None or backbone.tokenizer is None:
+        raise ConfigError(f"a zero-shot head needs a CLIP backbone with a text tower (e.g. backbone=clip_vit_b32, or "
+                          f"create_backbone('open_clip:...')); {backbone.name} has none. Use a linear head instead.")
+    if not class_names:
+        raise ConfigError("a zero-shot head needs the class names")
+    return ZeroShotHead.from_clip(backbone.clip_model, backbone.tokenizer, class_names, templates or ["{}"],
+                                  trainable=trainable)

@@ -8,9 +8,11 @@ from torch import nn
 
 from .backbones import BackboneAdapter, create_backbone, wrap_model
 from .config import PromptConfig
-from .errors import ConfigError
-from .heads import LinearHead, ZeroShotHead
-from .prompts import PIXEL_PROMPTS, TokenPrompts, insert_or_replace
+from .encoder import run_layers
+from .errors import ConfigError, PromptFileError
+from .heads import LinearHead, ZeroShotHead, zero_shot_head_for
+from .prompt_file import check_backbone, read_prompt_file, save_prompt
+from .prompts import TokenPrompts
 
 
 def _as_prompt_config(prompt: PromptConfig | str | dict | None, overrides: dict[str, Any]) -> PromptConfig:
@@ -52,9 +54,12 @@ class PromptedModel(nn.Module):
         class_names: stored in prompt files.
         pretrained: weights for a backbone given by name (see :func:`vpt.backbones.create_backbone`).
 
-    Only prompt and head tensors (and backbone tensors for ``full`` / biases for ``bias``) require grad;
-    for every other method the backbone stays in eval mode while the model trains.
+    The method (``vpt.methods``) decides what trains: prompt and head tensors always, backbone tensors for
+    ``full`` / biases for ``bias``; and whether the backbone stays in eval mode while the model trains.
     """
+
+    token_prompts: TokenPrompts | None
+    pixel_prompt: nn.Module | None
 
     def __init__(
         self,
@@ -69,6 +74,7 @@ class PromptedModel(nn.Module):
     ) -> None:
         super().__init__()
         self.prompt_config = _as_prompt_config(prompt, prompt_overrides)
+        self.method = self.prompt_config.method_spec
         if isinstance(backbone, str):
             backbone = create_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
         own_head = None
@@ -79,39 +85,28 @@ class PromptedModel(nn.Module):
         self.backbone_fingerprint = self.backbone.fingerprint()  # before any tuning can change the weights
         self.class_names = list(class_names) if class_names is not None else None
 
-        cfg = self.prompt_config
-        self.token_prompts: TokenPrompts | None = None
-        self.pixel_prompt: nn.Module | None = None
-        if cfg.is_token and cfg.length > 0:
-            if not self.backbone.supports_token_prompts:
-                raise ConfigError(
-                    f"{self.backbone.name} is not a token transformer, so prompt={cfg.method} cannot insert tokens; "
-                    "use a pixel prompt (pad, patch, random_patch) or a baseline (linear, full, bias)"
-                )
-            self.token_prompts = TokenPrompts(
-                cfg.prompt_layers(self.backbone.num_layers), cfg.length, self.backbone.embed_dim,
-                self.backbone.patch_size, cfg.dropout, cfg.project_dim,
-            )
-        if cfg.is_pixel and cfg.size > 0:
-            self.pixel_prompt = PIXEL_PROMPTS[cfg.method](self.input_size[1:], cfg.size)
+        self.token_prompts, self.pixel_prompt = None, None
+        for attribute, module in self.method.build(self.prompt_config, self.backbone, self.input_size[1:]).items():
+            setattr(self, attribute, module)
+        self.head = self._resolve_head(head if head is not None else own_head, num_classes)
+        self._set_trainable()
 
-        if head is None:
-            head = own_head
+    def _resolve_head(self, head: nn.Module | None, num_classes: int | None) -> nn.Module:
         if head is None and num_classes:
             head = LinearHead(self.backbone.feature_dim, num_classes)
-        self.head = head if head is not None else nn.Identity()
-        if isinstance(self.head, (LinearHead, ZeroShotHead)) and self.class_names is not None \
-                and len(self.class_names) != self.head.out_features:
-            raise ConfigError(f"{len(self.class_names)} class names for a head with {self.head.out_features} outputs")
+        head = head if head is not None else nn.Identity()
+        if isinstance(head, (LinearHead, ZeroShotHead)) and self.class_names is not None \
+                and len(self.class_names) != head.out_features:
+            raise ConfigError(f"{len(self.class_names)} class names for a head with {head.out_features} outputs")
+        return head
+
+    def _set_trainable(self) -> None:
+        train_head = self.prompt_config.train_head
         if isinstance(self.head, ZeroShotHead):
-            self.head.weight.requires_grad_(cfg.train_head and self.head.weight.requires_grad)
+            self.head.weight.requires_grad_(train_head and self.head.weight.requires_grad)
         else:
-            self.head.requires_grad_(cfg.train_head)
-        if cfg.method == "full":
-            self.backbone.requires_grad_(True)
-        elif cfg.method == "bias":
-            for name, param in self.backbone.named_parameters():
-                param.requires_grad_(name.endswith("bias"))
+            self.head.requires_grad_(train_head)
+        self.method.set_trainable(self.backbone)
 
     # ---- construction helpers ------------------------------------------------------------
     @property
@@ -137,7 +132,8 @@ class PromptedModel(nn.Module):
     # ---- train / eval ---------------------------------------------------------------------
     @property
     def backbone_frozen(self) -> bool:
-        return self.prompt_config.method != "full"
+        """The encoder stays in eval mode while the model trains (every method but full fine-tuning)."""
+        return self.method.backbone_eval_mode
 
     def train(self, mode: bool = True) -> "PromptedModel":
         super().train(mode)
@@ -152,14 +148,11 @@ class PromptedModel(nn.Module):
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def param_summary(self) -> dict[str, int]:
-        def count(module: nn.Module | None, trainable_only: bool = True) -> int:
-            if module is None:
-                return 0
-            return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+        def count(module: nn.Module | None) -> int:
+            return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
 
         prompt = count(self.token_prompts) + count(self.pixel_prompt)
-        head = count(self.head)
-        backbone = count(self.backbone)
+        head, backbone = count(self.head), count(self.backbone)
         total = sum(p.numel() for p in self.parameters())
         return {"prompt": prompt, "head": head, "backbone": backbone, "trainable": prompt + head + backbone, "total": total}
 
@@ -168,55 +161,24 @@ class PromptedModel(nn.Module):
         return self.param_summary()["trainable"]
 
     # ---- forward --------------------------------------------------------------------------
-    #: Run layers through the backbone's fast path where it has one (``run_prompted_block``): VPT-deep prompts
-    #: whose outputs the next layer discards get keys/values only, computed once per batch, and the last layer
-    #: computes only the class token when that is all the pooling reads (every method, prompts or not). Same
-    #: function, fewer FLOPs; set False for the straightforward concatenate-then-block evaluation.
-    fast_prompt_path: bool = True
+    @property
+    def fast_prompt_path(self) -> bool:
+        """The backbone's fast path (``BackboneAdapter.fast_path``): same function, fewer FLOPs; False runs the
+        straightforward concatenate-then-block evaluation."""
+        return self.backbone.fast_path
 
-    def forward_tokens(self, images: torch.Tensor, prefix_only: bool = False) -> torch.Tensor:
-        """Final-block tokens [class/register tokens, patch tokens], prompts removed (before the final norm).
+    @fast_prompt_path.setter
+    def fast_prompt_path(self, enabled: bool) -> None:
+        self.backbone.fast_path = bool(enabled)
 
-        ``prefix_only=True`` allows returning only the class/register tokens (when the fast path can skip the
-        patch rows of the last block); callers must then read the prefix rows only.
-        """
-        backbone = self.backbone
+    def _encode(self, images: torch.Tensor, last_rows: str) -> torch.Tensor:
         if self.pixel_prompt is not None:
             images = self.pixel_prompt(images)
-        tokens = backbone.embed(images)
-        num_prefix, prompt_length = backbone.num_prefix_tokens, 0
-        prompts = self.token_prompts
-        fast = self.fast_prompt_path  # also without token prompts: the last block may skip the patch rows
-        fresh = set(prompts.layers) if prompts is not None else set()
-        shared = prompts is not None and prompts.batch_shared
-        last = backbone.num_layers - 1
-        for index, block in enumerate(backbone.blocks):
-            if fast and backbone.supports_prompted_block(index):
-                # this layer's prompt outputs are unused: replaced at the next layer or removed after the last
-                discarded = index + 1 in fresh or index == last
-                queries = num_prefix if prefix_only and index == last else None
-                if discarded and shared and index in fresh:
-                    if prompt_length:
-                        tokens = torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix + prompt_length:]], dim=1)
-                    tokens = backbone.run_prompted_block(index, tokens, prompts.shared_at(index), queries)
-                    prompt_length = 0
-                    continue
-                if discarded and queries is not None:
-                    step = prompts.prompts_at(index, tokens.shape[0]) if prompts is not None else None
-                    if step is not None:
-                        tokens = insert_or_replace(tokens, step, num_prefix, prompt_length)
-                    tokens = backbone.run_prompted_block(index, tokens, None, queries)
-                    prompt_length = 0
-                    continue
-            if prompts is not None:
-                step = prompts.prompts_at(index, tokens.shape[0])
-                if step is not None:
-                    tokens = insert_or_replace(tokens, step, num_prefix, prompt_length)
-                    prompt_length = step.shape[1]
-            tokens = block(tokens)
-        if prompt_length:
-            tokens = torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix + prompt_length:]], dim=1)
-        return tokens
+        return run_layers(self.backbone, self.backbone.embed(images), self.token_prompts, last_rows)
+
+    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Final-block tokens ``[class/register tokens, patch tokens]``, prompts removed (before the final norm)."""
+        return self._encode(images, "all")
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logits feature (B, F)."""
@@ -224,14 +186,14 @@ class PromptedModel(nn.Module):
             if self.pixel_prompt is not None:
                 images = self.pixel_prompt(images)
             return self.backbone.forward_features(images)
-        tokens = self.forward_tokens(images, prefix_only=self.backbone.pools_first_token)
+        tokens = self._encode(images, "prefix" if self.backbone.pools_first_token else "all")
         return self.backbone.finish(tokens)[0]
 
     def forward_dense(self, images: torch.Tensor) -> torch.Tensor:
         """Final patch-token grid (B, D, H/p, W/p): class, register and prompt tokens removed."""
         if not self.backbone.supports_token_prompts:
             raise ConfigError(f"{self.backbone.name} has no patch tokens; forward_dense needs a ViT backbone")
-        _, tokens = self.backbone.finish(self.forward_tokens(images), need_tokens=True)
+        _, tokens = self.backbone.finish(self._encode(images, "all"), need_tokens=True)
         return self.backbone.patch_grid(tokens, images.shape[-2:])
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -242,19 +204,69 @@ class PromptedModel(nn.Module):
 
     # ---- prompt files ---------------------------------------------------------------------
     def save_prompt(self, path, **extra: Any):
-        from .prompt_file import save_prompt
-
+        """Write ``path/prompt.safetensors`` (trainable tensors only) + ``path/prompt.json``; returns the directory."""
         return save_prompt(self, path, **extra)
 
     def load_prompt(self, path) -> "PromptedModel":
-        from .prompt_file import load_prompt_into
-
-        load_prompt_into(self, path)
+        """Load a prompt file made for this model's backbone weights and prompt shapes."""
+        manifest, tensors = read_prompt_file(path)
+        self.load_prompt_contents(manifest, tensors, path)
         return self
+
+    def load_prompt_contents(self, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path) -> None:
+        """Load an already read prompt file (``read_prompt_file``) into this model."""
+        check_backbone(manifest, self.backbone, path, self.backbone_fingerprint)
+        own = self.trainable_state_dict()
+        mismatched = sorted(k for k in set(own) | set(tensors)
+                            if k not in own or k not in tensors or own[k].shape != tensors[k].shape)
+        if mismatched:
+            raise PromptFileError(
+                f"prompt file {str(path)!r} (prompt {manifest['prompt']}, {manifest['head']['num_classes']} classes) does "
+                f"not fit this model (prompt {self.prompt_config.to_dict()}): mismatched tensors {mismatched[:6]}. "
+                "Build the model from the file instead: PromptedModel.from_prompt_file(path, backbone)."
+            )
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for key, value in tensors.items():
+                params[key].copy_(value.to(params[key].dtype))
+        if manifest.get("class_names"):
+            self.class_names = manifest["class_names"]
 
     @classmethod
     def from_prompt_file(cls, path, backbone: str | nn.Module | BackboneAdapter | None = None, pretrained: Any = False,
                          head: nn.Module | None = None) -> "PromptedModel":
-        from .prompt_file import load_prompted_model
+        """Build the model a prompt file describes, on ``backbone`` (or the one named in the file)."""
+        manifest, tensors = read_prompt_file(path)
+        return cls.from_prompt_contents(manifest, tensors, path, backbone, pretrained, head)
 
-        return load_prompted_model(path, backbone=backbone, pretrained=pretrained, head=head)
+    @classmethod
+    def from_prompt_contents(cls, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path, backbone=None,
+                             pretrained: Any = False, head: nn.Module | None = None) -> "PromptedModel":
+        backbone = _backbone_for(manifest, path, backbone, pretrained)
+        head_info, class_names = manifest["head"], manifest.get("class_names")
+        if head is None and head_info["kind"] == "zero_shot":
+            if isinstance(backbone, nn.Module) and not isinstance(backbone, BackboneAdapter):
+                backbone = wrap_model(backbone)
+            head = zero_shot_head_for(backbone, class_names, head_info.get("templates"))
+            head.logit_scale = head_info.get("logit_scale", head.logit_scale)
+        model = cls(backbone, PromptConfig.from_dict(manifest["prompt"]), num_classes=head_info["num_classes"] or 0,
+                    head=head, class_names=class_names)
+        model.load_prompt_contents(manifest, tensors, path)
+        return model
+
+
+def _backbone_for(manifest: dict[str, Any], path, backbone, pretrained: Any):
+    if backbone is None:
+        args = manifest["backbone"].get("create_args")
+        if not args:
+            raise PromptFileError(f"prompt file {str(path)!r} was made on a user-built backbone instance; "
+                                  "pass that backbone: PromptedModel.from_prompt_file(path, backbone=model)")
+        return create_backbone(args["name"], pretrained=pretrained or args["pretrained"], **args["kwargs"])
+    if isinstance(backbone, str):
+        return create_backbone(backbone, pretrained=pretrained)
+    return backbone
+
+
+def load_prompted_model(path, backbone=None, pretrained: Any = False, head: nn.Module | None = None) -> PromptedModel:
+    """``PromptedModel.from_prompt_file``, as a function."""
+    return PromptedModel.from_prompt_file(path, backbone=backbone, pretrained=pretrained, head=head)

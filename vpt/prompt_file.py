@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from . import __version__
 from .errors import PromptFileError
@@ -48,9 +47,10 @@ def build_manifest(model, **extra: Any) -> dict[str, Any]:
             "name": backbone.name,
             "adapter": type(backbone).__name__,
             "fingerprint": model.backbone_fingerprint,
+            "fingerprint_of": "encoder",  # the tensors the prompted forward uses (no unused classifier)
             "embed_dim": backbone.embed_dim,
             "num_layers": backbone.num_layers,
-            "create_args": getattr(backbone, "create_args", None),
+            "create_args": backbone.create_args,
         },
         "prompt": model.prompt_config.to_dict(),
         "head": head_info,
@@ -111,63 +111,20 @@ def read_prompt_file(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return manifest, tensors
 
 
-def check_backbone(manifest: dict[str, Any], model_or_fingerprint, name: str, path) -> None:
-    fingerprint = model_or_fingerprint if isinstance(model_or_fingerprint, str) else model_or_fingerprint.backbone_fingerprint
+def check_backbone(manifest: dict[str, Any], backbone, path, fingerprint: str | None = None) -> None:
+    """Refuse a prompt file made for other encoder weights than ``backbone``'s (a :class:`BackboneAdapter`).
+
+    ``fingerprint``: the encoder's fingerprint taken before tuning (a model's ``backbone_fingerprint``); files written
+    by vpt < 0.2 hold the whole wrapped model's hash instead (``legacy_fingerprint``), which is accepted too.
+    """
+    fingerprint = fingerprint or backbone.fingerprint()
     saved = manifest["backbone"]
-    if saved["fingerprint"] != fingerprint:
-        raise PromptFileError(
-            f"prompt file {str(path)!r} was made for backbone {saved['name']!r} with weights fingerprint "
-            f"{saved['fingerprint'][:12]}…, but this backbone is {name!r} with fingerprint {fingerprint[:12]}…. "
-            f"Load it onto the backbone it was trained on (same name and weights file)."
-        )
-
-
-def load_prompt_into(model, path) -> None:
-    """Load a prompt file into an existing PromptedModel (same backbone weights and prompt shapes)."""
-    manifest, tensors = read_prompt_file(path)
-    check_backbone(manifest, model, model.backbone.name, path)
-    own = model.trainable_state_dict()
-    if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
-        mismatched = sorted(k for k in set(own) | set(tensors) if k not in own or k not in tensors or own[k].shape != tensors[k].shape)
-        raise PromptFileError(
-            f"prompt file {str(path)!r} (prompt {manifest['prompt']}, {manifest['head']['num_classes']} classes) does not "
-            f"fit this model (prompt {model.prompt_config.to_dict()}): mismatched tensors {mismatched[:6]}. "
-            "Build the model from the file instead: PromptedModel.from_prompt_file(path, backbone)."
-        )
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            params[key].copy_(value.to(params[key].dtype))
-    if manifest.get("class_names"):
-        model.class_names = manifest["class_names"]
-
-
-def load_prompted_model(path, backbone=None, pretrained: Any = False, head: nn.Module | None = None):
-    """Build a PromptedModel as described by a prompt file, on ``backbone`` (or the one named in the file)."""
-    from .backbones import create_backbone
-    from .config import PromptConfig
-    from .heads import ZeroShotHead
-    from .model import PromptedModel
-
-    manifest, _ = read_prompt_file(path)
-    if backbone is None:
-        args = manifest["backbone"].get("create_args")
-        if not args:
-            raise PromptFileError(f"prompt file {str(path)!r} was made on a user-built backbone instance; "
-                                  "pass that backbone: PromptedModel.from_prompt_file(path, backbone=model)")
-        backbone = create_backbone(args["name"], pretrained=pretrained or args["pretrained"], **args["kwargs"])
-    elif isinstance(backbone, str):
-        backbone = create_backbone(backbone, pretrained=pretrained)
-    head_info = manifest["head"]
-    class_names = manifest.get("class_names")
-    if head is None and head_info["kind"] == "zero_shot":
-        clip = getattr(backbone, "clip_model", None)
-        if clip is None or not class_names:
-            raise PromptFileError("this prompt file uses a CLIP zero-shot head: pass an open_clip backbone built by "
-                                  "vpt.backbones.create_backbone('open_clip:...') so its text tower can rebuild the head")
-        head = ZeroShotHead.from_clip(clip, backbone.tokenizer, class_names, head_info.get("templates") or ["{}"])
-        head.logit_scale = head_info.get("logit_scale", head.logit_scale)
-    model = PromptedModel(backbone, PromptConfig.from_dict(manifest["prompt"]), num_classes=head_info["num_classes"] or 0,
-                          head=head, class_names=class_names)
-    load_prompt_into(model, path)
-    return model
+    if saved["fingerprint"] == fingerprint:
+        return
+    if saved.get("fingerprint_of") is None and saved["fingerprint"] == backbone.legacy_fingerprint():
+        return
+    raise PromptFileError(
+        f"prompt file {str(path)!r} was made for backbone {saved['name']!r} with weights fingerprint "
+        f"{saved['fingerprint'][:12]}…, but this backbone is {backbone.name!r} with fingerprint {fingerprint[:12]}…. "
+        f"Load it onto the backbone it was trained on (same name and weights file)."
+    )

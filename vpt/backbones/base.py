@@ -8,7 +8,9 @@ pieces of its forward pass as small steps, so that token prompts can be inserted
     pooled, tokens = adapter.finish(tokens)         # final norm + the model's own pooling
 
 Run with no prompts, these steps are exactly the wrapped model's ``forward_features`` + pre-logits head.
-Adding a backbone family = one adapter subclass + ``@register_adapter``.
+Prompted models and the prompt bank walk the layers with one loop (:func:`vpt.encoder.run_layers`), which
+calls :meth:`BackboneAdapter.run_layer` per layer; an adapter may take a faster path there (see
+``TimmViTAdapter``). Adding a backbone family = one adapter subclass + ``@register_adapter``.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ class BackboneAdapter(nn.Module):
 
     #: True if the encoder is a token transformer into which token prompts can be inserted.
     supports_token_prompts: bool = True
+    #: Take the adapter's fast path in :meth:`run_layer` where it has one (same function, fewer FLOPs); False runs
+    #: the straightforward concatenate-then-block evaluation (as timm's ``Attention.fused_attn`` flag).
+    fast_path: bool = True
 
     def __init__(self, model: nn.Module, name: str) -> None:
         super().__init__()
@@ -45,6 +50,16 @@ class BackboneAdapter(nn.Module):
         self.feature_dim: int = 0  # width of the pooled feature
         self.num_prefix_tokens: int = 0  # class + register tokens, kept in front of prompts
         self.patch_size: tuple[int, int] = (1, 1)
+        #: how to rebuild this backbone (name, pretrained, kwargs); set by create_backbone, written to prompt files
+        self.create_args: dict[str, Any] | None = None
+        #: text tokenizer of a CLIP model (zero-shot heads); None for image-only backbones
+        self.tokenizer: Callable | None = None
+        self._clip: list[nn.Module | None] = [None]  # a list keeps the text tower out of this module's state
+
+    @property
+    def clip_model(self) -> nn.Module | None:
+        """The whole CLIP model whose text tower builds zero-shot heads, or None."""
+        return self._clip[0]
 
     # ---- discovery -------------------------------------------------------------------------
     @classmethod
@@ -67,16 +82,28 @@ class BackboneAdapter(nn.Module):
         block = self.blocks[index]
         return block(tokens) if attn_bias is None else block(tokens, attn_mask=attn_bias)
 
-    # ---- optional fast path for prompted layers (see TimmViTAdapter) ------------------------------
-    def supports_prompted_block(self, index: int) -> bool:
-        """True if :meth:`run_prompted_block` can run block ``index``."""
-        return False
+    def run_layer(self, index: int, tokens: torch.Tensor, prompts: torch.Tensor | None = None, prompt_length: int = 0,
+                  rows: str = "all", attn_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """Block ``index`` on ``tokens`` = ``[prefix, previous prompt outputs (prompt_length rows), rest]``.
 
-    def run_prompted_block(self, index: int, tokens: torch.Tensor, prompts: torch.Tensor | None,
-                           num_queries: int | None = None) -> torch.Tensor:
-        """Block ``index`` on ``[prefix, prompts (P, D) shared by the batch, rest of tokens]``, returning only the
-        non-prompt rows (the first ``num_queries`` of them if given): prompts serve as keys and values only."""
-        raise NotImplementedError
+        ``prompts``: fresh prompts entering this layer, (P, D) shared by the batch or (B, P, D); they take the
+        place of the previous prompt rows (inserted if ``prompt_length`` is 0). ``rows``: which output rows the
+        caller reads: ``all``; ``no_prompts`` (the prompt rows' outputs are discarded: replaced at the next
+        layer or removed after the last); ``prefix`` (class/register tokens only, when the pooling reads only
+        those). Returns ``(tokens, prompt rows in them)``. This is the plain path; adapters may override it
+        with a faster one that returns the same rows.
+        """
+        if prompts is not None:
+            if prompts.dim() == 2:
+                prompts = prompts.expand(tokens.shape[0], -1, -1)
+            tokens = insert_or_replace(tokens, prompts, self.num_prefix_tokens, prompt_length)
+            prompt_length = prompts.shape[1]
+        tokens = self.run_block(index, tokens, None if attn_bias is None else attn_bias.to(tokens.dtype))
+        if rows == "prefix":
+            return tokens[:, : self.num_prefix_tokens], 0
+        if rows == "no_prompts" and prompt_length:
+            return remove_prompts(tokens, self.num_prefix_tokens, prompt_length), 0
+        return tokens, prompt_length
 
     @property
     def pools_first_token(self) -> bool:
@@ -122,15 +149,37 @@ class BackboneAdapter(nn.Module):
                 f"pick a multiple of {ph} (e.g. data.img_size={(height // ph) * ph or ph})"
             )
 
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors the prompted forward runs through (a timm classifier that vpt does not use is left out)."""
+        return self.model.state_dict()
+
     def fingerprint(self) -> str:
-        """Hash of the frozen weights: a prompt file records it so it is never loaded on other weights."""
-        digest = hashlib.blake2b(digest_size=16)
-        for key, tensor in sorted(self.model.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(str(tuple(tensor.shape)).encode())
-            t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return digest.hexdigest()
+        """Hash of the encoder weights: a prompt file records it so it is never loaded on other weights."""
+        return _state_digest(self.encoder_state_dict())
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint vpt < 0.2 wrote: the whole wrapped model's state, classifier included."""
+        return _state_digest(self.model.state_dict())
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for key, tensor in sorted(state.items()):
+        digest.update(key.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def insert_or_replace(tokens: torch.Tensor, prompts: torch.Tensor, num_prefix: int, current_length: int) -> torch.Tensor:
+    """[prefix, old prompts (current_length), rest] → [prefix, prompts, rest]."""
+    return torch.cat([tokens[:, :num_prefix], prompts.to(tokens.dtype), tokens[:, num_prefix + current_length:]], dim=1)
+
+
+def remove_prompts(tokens: torch.Tensor, num_prefix: int, length: int) -> torch.Tensor:
+    """[prefix, prompts (length), rest] → [prefix, rest]."""
+    return torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix + length:]], dim=1)
 
 
 def wrap_model(model: nn.Module, name: str | None = None) -> BackboneAdapter:

@@ -35,21 +35,11 @@ class OpenCLIPViTAdapter(BackboneAdapter):
         self.num_prefix_tokens = 1
         self.patch_size = tuple(model.patch_size)
         self.num_heads = model.transformer.resblocks[0].attn.num_heads
-        # kept in a list so the text tower stays out of this module's parameters and state dict
-        self._clip = [clip_model]
-        self.tokenizer = None
+        self._clip = [clip_model]  # a list keeps the text tower out of this module's parameters and state dict
         if clip_model is not None:
             import open_clip
 
             self.tokenizer = open_clip.tokenize  # OpenAI CLIP BPE; create_backbone sets the model's own
-
-    @property
-    def clip_model(self) -> nn.Module | None:
-        return self._clip[0]
-
-    @clip_model.setter
-    def clip_model(self, model: nn.Module | None) -> None:
-        self._clip = [model]
 
     @property
     def blocks(self) -> nn.ModuleList:

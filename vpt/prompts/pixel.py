@@ -19,7 +19,10 @@ class PixelPrompt(nn.Module):
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images + self.prompt_image().to(images.dtype)
+        prompt = self.prompt_image()
+        if prompt.shape[-2:] != images.shape[-2:]:  # other input sizes (detection): the prompt scales with the image
+            prompt = nn.functional.interpolate(prompt, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return images + prompt.to(images.dtype)
 
 
 class PadPrompt(PixelPrompt):

@@ -51,10 +51,6 @@ class TokenPrompts(nn.Module):
         if slot is None:
             return None
         prompts = self.embeddings[slot]
-        if not torch.is_grad_enabled():
-            # under no_grad a view of a parameter still says requires_grad but has no autograd node; module hooks
-            # that track gradients (FlopCounterMode's module tracker) fail on it
-            prompts = prompts.detach()
         return self.projection(prompts) if self.projection is not None else prompts
 
     @property
@@ -62,12 +58,21 @@ class TokenPrompts(nn.Module):
         """True if every sample sees the same prompts (no prompt dropout active)."""
         return not (self.training and self.dropout.p > 0)
 
+    # ---- the prompt-source interface of vpt.encoder.run_layers -------------------------------------------------
+    def at(self, layer: int, tokens: torch.Tensor, prompt_length: int) -> torch.Tensor | None:
+        """Fresh prompts entering ``layer``: (P, D) for the whole batch, or (B, P, D) while prompt dropout acts."""
+        if layer not in self.slot:
+            return None
+        return self.shared_at(layer) if self.batch_shared else self.prompts_at(layer, tokens.shape[0])
+
+    def replaces_all(self, layer: int) -> bool:
+        return layer in self.slot
+
+    def attn_bias(self, layer: int, num_tokens: int, prompt_length: int) -> None:
+        return None  # every sample sees all of its prompts
+
     @torch.no_grad()
     def effective(self) -> dict[int, torch.Tensor]:
         """Layer → (P, D) prompts as the backbone sees them in eval mode (projection applied)."""
         return {layer: self.shared_at(layer) for layer in self.slot}
 
-
-def insert_or_replace(tokens: torch.Tensor, prompts: torch.Tensor, num_prefix: int, current_length: int) -> torch.Tensor:
-    """[prefix, old prompts (current_length), patches] → [prefix, prompts, patches]."""
-    return torch.cat([tokens[:, :num_prefix], prompts.to(tokens.dtype), tokens[:, num_prefix + current_length:]], dim=1)

@@ -1,0 +1,33 @@
+"""Pixel prompts (Bahng et al., 2022): a learnable frame or patch added to the image; any encoder."""
+from __future__ import annotations
+
+from ..prompts import FixedPatchPrompt, PadPrompt, RandomPatchPrompt
+from .base import Method, register_method, require_int
+
+
+class PixelPromptMethod(Method):
+    kind = "pixel"
+    fields = ("size",)
+    prompt_class: type = PadPrompt
+
+    def validate(self, cfg) -> None:
+        require_int(cfg.size, "size")
+
+    def build(self, cfg, backbone, input_size):
+        return {"pixel_prompt": self.prompt_class(input_size, cfg.size)} if cfg.size > 0 else {}
+
+
+class PadMethod(PixelPromptMethod):
+    name, prompt_class = "pad", PadPrompt
+
+
+class PatchMethod(PixelPromptMethod):
+    name, prompt_class = "patch", FixedPatchPrompt
+
+
+class RandomPatchMethod(PixelPromptMethod):
+    name, prompt_class = "random_patch", RandomPatchPrompt
+
+
+for _method in (PadMethod(), PatchMethod(), RandomPatchMethod()):
+    register_method(_method)

@@ -1,0 +1,60 @@
+"""VPT token prompts (Jia et al., ECCV 2022): ``shallow`` (layer 0) and ``deep`` (every or chosen layers)."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..prompts import TokenPrompts
+from .base import Method, register_method, require_int
+
+
+class TokenPromptMethod(Method):
+    kind = "token"
+    fields = ("length", "depth", "init", "dropout", "project_dim")
+    default_depth: int | None = None  # None: every layer
+
+    def validate(self, cfg) -> None:
+        require_int(cfg.length, "length")
+        require_int(cfg.project_dim, "project_dim")
+        if cfg.init not in ("xavier", "patch"):
+            raise ConfigError(f"prompt.init must be 'xavier' or 'patch', got {cfg.init!r}")
+
+    def prompt_layers(self, cfg, num_layers: int) -> list[int]:
+        if cfg.length == 0:
+            return []
+        depth = cfg.depth if cfg.depth is not None else (self.default_depth or num_layers)
+        layers = list(range(depth)) if isinstance(depth, int) else sorted(set(depth))
+        bad = [d for d in layers if not 0 <= d < num_layers]
+        if bad or not layers:
+            raise ConfigError(
+                f"prompt.depth {cfg.depth!r} does not fit a backbone with {num_layers} layers; "
+                f"use an int in 1..{num_layers} or a list of layer indices in 0..{num_layers - 1}"
+            )
+        return layers
+
+    def build(self, cfg, backbone, input_size):
+        if cfg.length == 0:
+            return {}
+        if not backbone.supports_token_prompts:
+            raise ConfigError(
+                f"{backbone.name} is not a token transformer, so prompt={cfg.method} cannot insert tokens; "
+                "use a pixel prompt (pad, patch, random_patch) or a baseline (linear, full, bias)"
+            )
+        return {"token_prompts": TokenPrompts(self.prompt_layers(cfg, backbone.num_layers), cfg.length,
+                                              backbone.embed_dim, backbone.patch_size, cfg.dropout, cfg.project_dim)}
+
+
+class ShallowPrompts(TokenPromptMethod):
+    name = "shallow"
+    default_depth = 1
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        if cfg.depth not in (None, 1, [0], (0,)):
+            raise ConfigError("prompt=shallow prompts layer 0 only; use prompt=deep with prompt.depth=... for other layers")
+
+
+class DeepPrompts(TokenPromptMethod):
+    name = "deep"
+
+
+register_method(ShallowPrompts())
+register_method(DeepPrompts())
