@@ -83,7 +83,7 @@ def test_missing_dataset_path_says_what_to_pass(tmp_path):
 
 def test_indivisible_image_size_is_reported_before_training(tmp_path):
     run = tmp_path / "run"
-    result = vpt("vpt-train", "data.img_size=30", f"hydra.run.dir={run}", cwd=tmp_path, check=2)
+    result = vpt("vpt-train", "backbone.image_size=30", f"hydra.run.dir={run}", cwd=tmp_path, check=2)
     assert "not divisible by the patch size" in result.stderr
     assert not (run / "metrics.jsonl").exists()
 

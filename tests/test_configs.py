@@ -11,7 +11,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import vpt.cli  # noqa: F401  (registers the ${vpt_asset:...} and ${vpt_pixels:...} resolvers)
+import vpt.cli
+
+vpt.cli.register_resolvers()  # ${vpt_asset:...} and ${vpt_pixels:...} in the configs
 from vpt.config import METHODS, PromptConfig
 from vpt.engine import train
 

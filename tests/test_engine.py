@@ -13,6 +13,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import vpt.cli
+
+vpt.cli.register_resolvers()  # ${vpt_asset:...} and ${vpt_pixels:...} in the configs
 from vpt.engine import (NonFiniteLossError, Trainer, build_optimizer, build_scheduler, derive_seed, evaluate, train)
 from vpt.errors import VptError
 from vpt.loggers import WandbLogger

@@ -47,11 +47,9 @@ RESOLVERS = {"vpt_asset": asset_path, "vpt_pixels": pixels_at}
 
 
 def register_resolvers() -> None:
+    """Register vpt's OmegaConf resolvers; call it before composing vpt's configs (the commands do)."""
     for name, resolver in RESOLVERS.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
-
-
-register_resolvers()
 
 
 def _in_multirun() -> bool:
@@ -111,10 +109,12 @@ def _eval(cfg: DictConfig) -> float | None:
 
 
 def train_main() -> None:
+    register_resolvers()
     _train()
 
 
 def eval_main() -> None:
+    register_resolvers()
     _eval()
 
 

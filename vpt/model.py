@@ -261,7 +261,8 @@ def _backbone_for(manifest: dict[str, Any], path, backbone, pretrained: Any):
         if not args:
             raise PromptFileError(f"prompt file {str(path)!r} was made on a user-built backbone instance; "
                                   "pass that backbone: PromptedModel.from_prompt_file(path, backbone=model)")
-        return create_backbone(args["name"], pretrained=pretrained or args["pretrained"], **args["kwargs"])
+        return create_backbone(args["name"], pretrained=pretrained or args["pretrained"],
+                               image_size=args.get("image_size"), **args["kwargs"])
     if isinstance(backbone, str):
         return create_backbone(backbone, pretrained=pretrained)
     return backbone

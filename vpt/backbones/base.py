@@ -146,7 +146,7 @@ class BackboneAdapter(nn.Module):
 
             raise ConfigError(
                 f"image size {height}x{width} is not divisible by the patch size {ph}x{pw} of {self.name}; "
-                f"pick a multiple of {ph} (e.g. data.img_size={(height // ph) * ph or ph})"
+                f"pick a multiple of {ph} (e.g. backbone.image_size={(height // ph) * ph or ph})"
             )
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnknownNameError, WeightsUnavailableError
+from ..errors import ConfigError, UnknownNameError, WeightsUnavailableError
 from .base import BackboneAdapter, wrap_model
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz", ".ckpt")
@@ -108,15 +108,19 @@ def create_open_clip_backbone(name: str, pretrained: Any = False, **kwargs) -> B
             raise _corrupt_error(str(weights), err) from err
         raise _offline_error(f"{name}:{weights}", "the open_clip / Hugging Face hub", err) from err
     adapter = wrap_model(model, name=f"open_clip:{name}")  # image tower; text tower kept for zero-shot heads
-    adapter.tokenizer = open_clip.get_tokenizer(name)
+    adapter.tokenizer = open_clip.get_tokenizer(name)  # the model's own (OpenAI BPE or another)
     return adapter
 
 
 BACKBONE_SOURCES = {"timm": create_timm_backbone, "open_clip": create_open_clip_backbone}
 
 
-def create_backbone(name: str, pretrained: Any = False, **kwargs) -> BackboneAdapter:
-    """Build a backbone adapter from ``source:name`` (source defaults to timm)."""
+IMAGE_SIZE_ARGUMENT = {"timm": "img_size", "open_clip": "force_image_size"}
+
+
+def create_backbone(name: str, pretrained: Any = False, image_size: int | None = None, **kwargs) -> BackboneAdapter:
+    """Build a backbone adapter from ``source:name`` (source defaults to timm), for square inputs of
+    ``image_size`` pixels (None: the model's default); position embeddings are resized by the library."""
     source, _, model_name = name.rpartition(":") if ":" in name else ("timm", "", name)
     if source not in BACKBONE_SOURCES:
         raise UnknownNameError("backbone source", source, BACKBONE_SOURCES)
@@ -124,7 +128,15 @@ def create_backbone(name: str, pretrained: Any = False, **kwargs) -> BackboneAda
         pretrained = False
     if isinstance(pretrained, str) and pretrained.lower() == "true":
         pretrained = True
-    adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, **kwargs)
+    build_kwargs = dict(kwargs)
+    if image_size:
+        size_arg = IMAGE_SIZE_ARGUMENT[source]
+        if build_kwargs.get(size_arg) not in (None, image_size):
+            raise ConfigError(f"the input size is given twice ({size_arg}={build_kwargs[size_arg]} and "
+                              f"image_size={image_size}); set it once, as backbone.image_size")
+        build_kwargs[size_arg] = int(image_size)
+    adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, **build_kwargs)
     # how to rebuild it: written into prompt files so `vpt-eval` can recreate the backbone
-    adapter.create_args = {"name": name, "pretrained": str(pretrained) if pretrained else False, "kwargs": kwargs}
+    adapter.create_args = {"name": name, "pretrained": str(pretrained) if pretrained else False, "kwargs": kwargs,
+                           "image_size": image_size}
     return adapter

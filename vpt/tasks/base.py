@@ -1,0 +1,81 @@
+"""What a task type supplies to the training loop: its data, its model, its loss, its metrics.
+
+The loop (:mod:`vpt.engine.loop`) knows nothing of labels or boxes: it asks the task. Classification is
+:mod:`vpt.tasks.classification`; a new task type is one module with a :class:`Task` subclass registered here
+and a ``configs/task/<name>.yaml`` whose ``name`` selects it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import UnknownNameError
+
+_TASKS: dict[str, "Task"] = {}
+
+
+class Task:
+    name: str = ""
+    #: metric keys shown in the one-line epoch summary (when present)
+    summary_keys: tuple[str, ...] = ()
+
+    def build_data(self, data_cfg: dict[str, Any], data_config: Mapping[str, Any], seed: int):
+        """A data bundle: ``train`` / ``val`` / ``test`` datasets (or None), ``class_names``, ``val_in_train`` and
+        ``loaders(batch_size, num_workers, device, seed, eval_batch_size)`` giving batches on the device."""
+        raise NotImplementedError
+
+    def build_model(self, cfg, backbone, data) -> nn.Module:
+        """The model to train; it offers ``trainable_parameters``, ``param_summary``, ``prompt_config``,
+        ``save_prompt`` / ``load_prompt``."""
+        raise NotImplementedError
+
+    def load_prompt_file(self, path, pretrained: Any = False) -> nn.Module:
+        """Rebuild the model a prompt file of this task describes (``vpt-eval``)."""
+        raise NotImplementedError
+
+    def init_prompts(self, model: nn.Module, train_loader, seed: int) -> None:
+        """Data-dependent prompt init before the first epoch (``prompt.init=patch``); nothing by default."""
+
+    def training_loss(self, model: Callable, batch: Any, trainer_cfg) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+        """(loss to back-propagate, samples in the batch, running sums kept on the device for the epoch summary)."""
+        raise NotImplementedError
+
+    def epoch_summary(self, sums: Mapping[str, float], seen: int) -> dict[str, float]:
+        """Train metrics of an epoch from the running sums (``loss`` sum included)."""
+        return {"train_loss": sums["loss"] / max(seen, 1)}
+
+    def evaluate(self, model: nn.Module, loader: Iterable, data, autocast, limit: int | None, split: str,
+                 run_dir: Path | None) -> dict[str, Any]:
+        """Metrics of one split (unprefixed keys); may write files (predictions) into ``run_dir``."""
+        raise NotImplementedError
+
+    def check_eval_data(self, model: nn.Module, data, dataset_name: str) -> None:
+        """Refuse a dataset the model's head does not fit (``vpt-eval``)."""
+
+
+def register_task(task: Task) -> Task:
+    _TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    if name not in _TASKS:
+        from . import classification  # noqa: F401  (built-in tasks register on import)
+        try:
+            from . import detection  # noqa: F401
+        except ImportError:  # detection's extra dependencies missing: the message below lists what is there
+            pass
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise UnknownNameError("task", name, _TASKS) from None
+
+
+def limited(loader: Iterable, limit: int | None) -> Iterable:
+    for index, batch in enumerate(loader):
+        if limit is not None and index >= limit:
+            return
+        yield batch
