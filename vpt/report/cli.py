@@ -24,7 +24,8 @@ USER_ERROR_EXIT_CODE = 2  # as vpt-train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROGRAM, description="Tabulate (mean ± std over seeds) and plot the results of vpt-train runs.")
+        prog=PROGRAM, description="Tabulate (mean ± std over seeds) and plot the results of vpt-train runs.",
+        epilog="--metric and --group-by take several values: give the directories first (or write --metric=M).")
     parser.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR",
                         help="run directories, sweep directories holding them, or results.json files")
     parser.add_argument("--out", type=Path, default=None,
