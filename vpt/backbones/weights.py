@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import VptError
+from ..errors import VptError, WeightsUnavailableError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 READABLE_SUFFIXES = (".safetensors", *TORCH_SUFFIXES, ".npz")
@@ -28,7 +28,7 @@ SAFETENSORS_FIX = ("re-save it as .safetensors where it was made: "
                    "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")
 
 
-class WeightsFileError(VptError, ValueError):
+class WeightsFileError(WeightsUnavailableError):
     """A weights file that cannot be read safely: missing, truncated, corrupt, or holding Python objects."""
 
 
@@ -60,15 +60,15 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise WeightsFileError(f"weights file {str(path)!r} is truncated or corrupt ({err}); re-download or re-save "
-                               "it") from err
+        raise WeightsFileError(f"weights file {str(path)!r} is truncated, corrupt or not a safetensors file ({err}); "
+                               "re-download or re-save it") from err
 
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a foreign or damaged file
-        if "weights_only" in str(err) or "Weights only load failed" in str(err):
+        if "Unsupported global" in str(err):  # torch's weights-only reader met a class or function
             raise WeightsFileError(
                 f"weights file {str(path)!r} holds Python objects beyond tensors and plain values; vpt does not "
                 f"unpack those, because loading them would run code from the file. If you trust its source, "
@@ -109,7 +109,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise WeightsFileError(f"weights file {str(path)!r} holds Python objects (object arrays), which vpt does "
                                f"not unpack; save plain numeric arrays with np.savez") from err
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise WeightsFileError(f"weights file {str(path)!r} is truncated or not an .npz archive ({err}); "
+        raise WeightsFileError(f"weights file {str(path)!r} is truncated, corrupt or not an .npz archive ({err}); "
                                "re-download it") from err
 
 
