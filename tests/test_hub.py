@@ -139,6 +139,7 @@ def test_missing_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "snapshot_download", lambda *a, **k: pytest.fail("a path must not reach the hub"))
     with pytest.raises(PromptFileError, match="no prompt directory .*missing/best"):
         hub.from_pretrained(str(tmp_path / "missing" / "best"))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(PromptFileError, match="no prompt directory"):
         hub.from_pretrained("./best")
 
