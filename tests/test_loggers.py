@@ -55,7 +55,7 @@ def wandb_records(path):
 
 
 def offline_run_records(run_dir):
-    """The run records (config, group, tags, job_type, name) of the wandb offline runs under ``run_dir``, oldest first."""
+    """Run records (config, group, tags, job_type, name) of the wandb offline runs under ``run_dir``, oldest first."""
     records = []
     for log_file in sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")):
         runs = [r.run for r in wandb_records(log_file) if r.WhichOneof("record_type") == "run"]
@@ -128,8 +128,8 @@ def write_single_run(run_dir, overrides, choices):
 
 
 def test_single_run_is_grouped_by_experiment_and_named_by_its_overrides(tmp_path):
-    write_single_run(tmp_path, ["experiment=digits_pretrain", "trainer.epochs=3", "logger=wandb", "trainer.resume=auto"],
-                     {"experiment": "digits_pretrain", "task": "classification"})
+    overrides = ["experiment=digits_pretrain", "trainer.epochs=3", "logger=wandb", "trainer.resume=auto"]
+    write_single_run(tmp_path, overrides, {"experiment": "digits_pretrain", "task": "classification"})
     labels = run_labels(tmp_path, "digits_pretrain", RUN_CONFIG, tags=["mine"])
     assert labels.group == "digits_pretrain"
     assert labels.name == "digits_pretrain trainer.epochs=3"  # experiment is the group; logger/resume change nothing

@@ -101,7 +101,8 @@ def _metric_rows(results: Mapping[str, Any] | None, manifest: Mapping[str, Any])
     if not metrics and not context:
         return ["No metrics were recorded with this prompt file."]
     rows = [f"From the {source}.", "", "| metric | value |", "|---|---|"]
-    rows += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in {**context, **metrics}.items()]
+    rows += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+             for k, v in {**context, **metrics}.items()]
     return rows
 
 
@@ -160,7 +161,8 @@ def _prod(shape) -> int:
 
 # ---- loading ------------------------------------------------------------------------------------------------------
 def _looks_like_local_path(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text or text.endswith((".json", ".safetensors"))
+    return (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+            or text.endswith((".json", ".safetensors")))
 
 
 def _download_error(repo_id: str, revision: str | None, err: Exception) -> WeightsUnavailableError:
