@@ -21,3 +21,9 @@ def tiny_vit(**kwargs):
     args = dict(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=3, num_classes=0)
     args.update(kwargs)
     return timm.create_model("vit_tiny_patch16_224", **args)
+
+
+@pytest.fixture
+def tiny_vit_factory():
+    """``tiny_vit`` as a fixture: ``tiny_vit_factory(**kwargs)`` builds a small random-init timm ViT."""
+    return tiny_vit

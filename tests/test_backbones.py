@@ -27,7 +27,7 @@ def test_npz_checkpoint_through_timm_reader(tmp_path):
 
     source = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=0)
     # big_vision layout for the few tensors we check; timm's reader maps them
-    adapter = vpt.create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
+    adapter = vpt.create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, pretrained=False)
     w = {k: v.detach().numpy() for k, v in source.state_dict().items()}
     npz = {"embedding/kernel": w["patch_embed.proj.weight"].transpose(2, 3, 1, 0), "embedding/bias": w["patch_embed.proj.bias"],
            "cls": w["cls_token"], "Transformer/posembed_input/pos_embedding": w["pos_embed"],

@@ -172,7 +172,7 @@ def test_prompts_sit_after_class_and_register_tokens():
 
 
 def test_trainable_parameter_count_vit_b16_deep_50():
-    model = PromptedModel(vpt.create_backbone("vit_base_patch16_224"), PromptConfig(method="deep", length=50), num_classes=100)
+    model = PromptedModel(vpt.create_backbone("vit_base_patch16_224", pretrained=False), PromptConfig(method="deep", length=50), num_classes=100)
     summary = model.param_summary()
     assert summary["prompt"] == 12 * 50 * 768 == 460_800
     assert summary["head"] == 768 * 100 + 100
@@ -235,7 +235,7 @@ def test_pad_prompt_is_a_frame_added_to_the_image():
 
 
 def test_bahng_setup_clip_pad_prompt_with_frozen_zero_shot_head():
-    backbone = vpt.create_backbone("open_clip:ViT-B-32")
+    backbone = vpt.create_backbone("open_clip:ViT-B-32", pretrained=False)
     head = vpt.ZeroShotHead.from_clip(backbone.clip_model, backbone.tokenizer, ["cat", "dog"], ["a photo of a {}."])
     model = PromptedModel(backbone, PromptConfig(method="pad", size=30), head=head, class_names=["cat", "dog"])
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {

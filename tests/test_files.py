@@ -340,7 +340,6 @@ def test_no_module_outside_the_engine_can_unpickle():
     assert not offenders, "these can run code from a file:\n" + "\n".join(offenders)
 
 
-@pytest.mark.xfail(strict=True, reason="engine not yet migrated")
 def test_engine_cannot_unpickle():
     paths = [p for p in sorted((REPO / "vpt").rglob("*.py")) if _is_engine(p)]
     offenders = _scan(paths)

@@ -16,7 +16,7 @@ def backbone_file(tmp_path):
     from safetensors.torch import save_file
 
     path = tmp_path / "vit_small_random.safetensors"
-    model = vpt.create_backbone("vit_small_patch16_224").model
+    model = vpt.create_backbone("vit_small_patch16_224", pretrained=False).model
     save_file(model.state_dict(), str(path))
     return str(path)
 

@@ -18,7 +18,7 @@ from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, OfflineMo
 
 from .errors import PromptFileError, VptError, WeightsUnavailableError
 from .loggers import write_atomic
-from .prompt_file import MANIFEST_NAME, WEIGHTS_NAME, load_prompted_model, save_prompt
+from .prompt_file import MANIFEST_NAME, WEIGHTS_NAME, save_prompt
 
 CARD_NAME = "README.md"
 HUB_FILES = [WEIGHTS_NAME, MANIFEST_NAME, CARD_NAME]  # all a prompt repo holds; nothing else is downloaded
@@ -209,10 +209,12 @@ def from_pretrained(repo_or_dir: str | os.PathLike, backbone=None, revision: str
     """Build a PromptedModel from a prompt directory or a Hub repo id (``owner/name``).
 
     ``backbone``: as for ``PromptedModel.from_prompt_file`` (None: the backbone recorded in the manifest);
-    ``load_kwargs`` (``pretrained=``, ``head=``) go to :func:`vpt.prompt_file.load_prompted_model`.
+    ``load_kwargs`` (``pretrained=``, ``head=``) go to :meth:`vpt.PromptedModel.from_prompt_file`.
     """
     directory = resolve_prompt_dir(repo_or_dir, revision=revision, token=token, cache_dir=cache_dir)
-    return load_prompted_model(directory, backbone=backbone, **load_kwargs)
+    from .model import PromptedModel  # here: the model module imports this one for its thin methods
+
+    return PromptedModel.from_prompt_file(directory, backbone=backbone, **load_kwargs)
 
 
 # ---- pushing ------------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import secrets
 import shlex
@@ -19,28 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .files import atomic_write, atomic_write_json, json_safe
+
 log = logging.getLogger(__name__)
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file + rename, so a killed process never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN / inf
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+    """Write via a temporary file + rename (:func:`vpt.files.atomic_write`): a crash never leaves half a file."""
+    atomic_write(path, text)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    write_atomic(path, json.dumps(_json_safe(data), indent=2, default=str) + "\n")
+    atomic_write_json(path, data)
 
 
 class RunFiles:
@@ -53,13 +42,12 @@ class RunFiles:
         self.metrics_jsonl = self.dir / "metrics.jsonl"
         self.metrics_csv = self.dir / "metrics.csv"
         self.results = self.dir / "results.json"
-        self.resume_state = self.dir / "resume.pt"
         self.best = self.dir / "best"
         self.last = self.dir / "last"
 
     def write_history(self, history: Sequence[Mapping[str, Any]]) -> None:
         """Rewrite both metric files from the full history (small), so a resumed run never duplicates rows."""
-        write_atomic(self.metrics_jsonl, "".join(json.dumps(_json_safe(row)) + "\n" for row in history))
+        write_atomic(self.metrics_jsonl, "".join(json.dumps(json_safe(row)) + "\n" for row in history))
         columns: list[str] = []
         for row in history:
             columns += [key for key in row if key not in columns and not isinstance(row[key], (list, dict))]

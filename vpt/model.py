@@ -52,7 +52,8 @@ class PromptedModel(nn.Module):
             classifier (moved into ``self.head``); ``0`` means no head (features only).
         head: a ready head module (e.g. :class:`ZeroShotHead`); wins over ``num_classes``.
         class_names: stored in prompt files.
-        pretrained: weights for a backbone given by name (see :func:`vpt.backbones.create_backbone`).
+        pretrained: weights for a backbone given by name: True (hub weights, the default), a tag, a local file, or
+            False for random weights (see :func:`vpt.backbones.create_backbone`).
 
     The method (``vpt.methods``) decides what trains: prompt and head tensors always, backbone tensors for
     ``full`` / biases for ``bias``; and whether the backbone stays in eval mode while the model trains.
@@ -68,7 +69,7 @@ class PromptedModel(nn.Module):
         num_classes: int | None = None,
         head: nn.Module | None = None,
         class_names: Sequence[str] | None = None,
-        pretrained: Any = False,
+        pretrained: Any = True,
         backbone_kwargs: dict[str, Any] | None = None,
         **prompt_overrides: Any,
     ) -> None:
@@ -232,8 +233,27 @@ class PromptedModel(nn.Module):
         if manifest.get("class_names"):
             self.class_names = manifest["class_names"]
 
+    def save_pretrained(self, save_directory, results=None, **extra: Any):
+        """PEFT-style: the prompt file plus a model card (README.md) in ``save_directory`` (see :mod:`vpt.hub`)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, save_directory, results=results, **extra)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any):
+        """Upload the prompt file and its model card to a Hugging Face Hub repo (see :func:`vpt.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     @classmethod
-    def from_prompt_file(cls, path, backbone: str | nn.Module | BackboneAdapter | None = None, pretrained: Any = False,
+    def from_pretrained(cls, repo_or_dir, backbone=None, revision: str | None = None, **kwargs: Any) -> "PromptedModel":
+        """Load a prompt file from a local directory or a Hub repo id (see :func:`vpt.hub.from_pretrained`)."""
+        from .hub import from_pretrained
+
+        return from_pretrained(repo_or_dir, backbone=backbone, revision=revision, **kwargs)
+
+    @classmethod
+    def from_prompt_file(cls, path, backbone: str | nn.Module | BackboneAdapter | None = None, pretrained: Any = None,
                          head: nn.Module | None = None) -> "PromptedModel":
         """Build the model a prompt file describes, on ``backbone`` (or the one named in the file)."""
         manifest, tensors = read_prompt_file(path)
@@ -241,7 +261,7 @@ class PromptedModel(nn.Module):
 
     @classmethod
     def from_prompt_contents(cls, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path, backbone=None,
-                             pretrained: Any = False, head: nn.Module | None = None) -> "PromptedModel":
+                             pretrained: Any = None, head: nn.Module | None = None) -> "PromptedModel":
         backbone = _backbone_for(manifest, path, backbone, pretrained)
         head_info, class_names = manifest["head"], manifest.get("class_names")
         if head is None and head_info["kind"] == "zero_shot":
@@ -264,10 +284,10 @@ def _backbone_for(manifest: dict[str, Any], path, backbone, pretrained: Any):
         return create_backbone(args["name"], pretrained=pretrained or args["pretrained"],
                                image_size=args.get("image_size"), **args["kwargs"])
     if isinstance(backbone, str):
-        return create_backbone(backbone, pretrained=pretrained)
+        return create_backbone(backbone, pretrained=True if pretrained is None else pretrained)
     return backbone
 
 
-def load_prompted_model(path, backbone=None, pretrained: Any = False, head: nn.Module | None = None) -> PromptedModel:
+def load_prompted_model(path, backbone=None, pretrained: Any = None, head: nn.Module | None = None) -> PromptedModel:
     """``PromptedModel.from_prompt_file``, as a function."""
     return PromptedModel.from_prompt_file(path, backbone=backbone, pretrained=pretrained, head=head)

@@ -9,7 +9,6 @@ A prompt file is a directory::
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from . import __version__
 from .errors import PromptFileError
+from .files import atomic_save_safetensors, atomic_write_json
 
 WEIGHTS_NAME = "prompt.safetensors"
 MANIFEST_NAME = "prompt.json"
@@ -66,19 +66,13 @@ def save_prompt(model, path, **extra: Any) -> Path:
     The weights are written to a temporary name and renamed, so an interrupted save never leaves a
     half-written file in place of a good one.
     """
-    from safetensors.torch import save_file
-
     weights_path, manifest_path = _paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     manifest = build_manifest(model, **extra)
-    for target, write in (
-        (weights_path, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT, "fingerprint": model.backbone_fingerprint})),
-        (manifest_path, lambda p: Path(p).write_text(json.dumps(manifest, indent=2, default=str))),
-    ):
-        tmp = target.with_name(target.name + ".tmp")
-        write(tmp)
-        os.replace(tmp, target)
+    # weights first, manifest last: each written whole (temp + rename), so a crash keeps the previous good pair
+    atomic_save_safetensors(weights_path, tensors, {"format": FORMAT, "fingerprint": model.backbone_fingerprint})
+    atomic_write_json(manifest_path, manifest)
     return weights_path.parent
 
 

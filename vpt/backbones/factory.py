@@ -7,12 +7,16 @@ pretrained tag / open_clip pretrained name), or a path to a local .pth / .bin / 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UnknownNameError, WeightsUnavailableError
 from .base import BackboneAdapter, wrap_model
+from .weights import load_checked
+
+log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz", ".ckpt")
 
@@ -42,14 +46,7 @@ def _check_file(path: str) -> str:
     return path
 
 
-def _corrupt_error(path: str, err: Exception) -> WeightsUnavailableError:
-    return WeightsUnavailableError(
-        f"could not load weights file {path!r} ({type(err).__name__}: {err}); the file may be truncated, "
-        "corrupt or made for another architecture. Re-save or re-download it, or pass pretrained=false."
-    )
-
-
-def create_timm_backbone(name: str, pretrained: Any = False, **kwargs) -> BackboneAdapter:
+def create_timm_backbone(name: str, pretrained: Any = True, allow_partial: bool = False, **kwargs) -> BackboneAdapter:
     import timm
 
     arch = name.split(".")[0]
@@ -59,19 +56,9 @@ def create_timm_backbone(name: str, pretrained: Any = False, **kwargs) -> Backbo
     kwargs.setdefault("num_classes", 0)  # vpt owns the head
     if _looks_like_path(pretrained):
         path = _check_file(pretrained)
-        try:
-            if path.endswith(".npz"):  # big_vision / original JAX checkpoints
-                model = timm.create_model(name, pretrained=False, **kwargs)
-                model.load_pretrained(path)
-            else:
-                # keep the caller's overlay (e.g. input_size of a shrunk ViT) and point it at the file; a registry
-                # entry for .npz weights sets custom_load, which timm < 1.0.31 keeps for an overlaid file
-                overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), "file": path, "custom_load": False}
-                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        except WeightsUnavailableError:
-            raise
-        except Exception as err:  # torch/safetensors raise many kinds for a bad file
-            raise _corrupt_error(path, err) from err
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        report = load_checked(model, path, allow_partial=allow_partial)  # checked, no pickle; one error if it does not fit
+        log.info("loaded %d of %d tensors of %s from %s", report["matched"], report["expected"], name, path)
     else:
         tagged = f"{arch}.{pretrained}" if isinstance(pretrained, str) and "." not in name else name
         try:
@@ -83,7 +70,7 @@ def create_timm_backbone(name: str, pretrained: Any = False, **kwargs) -> Backbo
     return wrap_model(model, name=name)
 
 
-def create_open_clip_backbone(name: str, pretrained: Any = False, **kwargs) -> BackboneAdapter:
+def create_open_clip_backbone(name: str, pretrained: Any = True, allow_partial: bool = False, **kwargs) -> BackboneAdapter:
     import open_clip
 
     if name not in open_clip.list_models():
@@ -91,8 +78,11 @@ def create_open_clip_backbone(name: str, pretrained: Any = False, **kwargs) -> B
         raise UnknownNameError("open_clip backbone", name, close or open_clip.list_models()[:20])
     weights = None
     if _looks_like_path(pretrained):
-        weights = _check_file(pretrained)
-    elif isinstance(pretrained, str):
+        model = open_clip.create_model(name, pretrained=None, **kwargs)
+        path = _check_file(pretrained)
+        load_checked(model, path, allow_partial=allow_partial, filter_fn=None, ignore_prefixes=())
+        return _open_clip_adapter(model, name)
+    if isinstance(pretrained, str):
         weights = pretrained
     elif pretrained:
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -104,9 +94,13 @@ def create_open_clip_backbone(name: str, pretrained: Any = False, **kwargs) -> B
     except Exception as err:
         if weights is None:
             raise
-        if os.path.isfile(str(weights)):
-            raise _corrupt_error(str(weights), err) from err
         raise _offline_error(f"{name}:{weights}", "the open_clip / Hugging Face hub", err) from err
+    return _open_clip_adapter(model, name)
+
+
+def _open_clip_adapter(model, name: str) -> BackboneAdapter:
+    import open_clip
+
     adapter = wrap_model(model, name=f"open_clip:{name}")  # image tower; text tower kept for zero-shot heads
     adapter.tokenizer = open_clip.get_tokenizer(name)  # the model's own (OpenAI BPE or another)
     return adapter
@@ -118,9 +112,15 @@ BACKBONE_SOURCES = {"timm": create_timm_backbone, "open_clip": create_open_clip_
 IMAGE_SIZE_ARGUMENT = {"timm": "img_size", "open_clip": "force_image_size"}
 
 
-def create_backbone(name: str, pretrained: Any = False, image_size: int | None = None, **kwargs) -> BackboneAdapter:
+def create_backbone(name: str, pretrained: Any = True, image_size: int | None = None, allow_partial_weights: bool = False,
+                    **kwargs) -> BackboneAdapter:
     """Build a backbone adapter from ``source:name`` (source defaults to timm), for square inputs of
-    ``image_size`` pixels (None: the model's default); position embeddings are resized by the library."""
+    ``image_size`` pixels (None: the model's default); position embeddings are resized by the library.
+
+    ``pretrained``: True (the hub's weights, the default: a frozen backbone is only useful pretrained), a hub tag,
+    a local weights file (checked: every encoder tensor must be there with its shape, unless
+    ``allow_partial_weights``), or False for random weights, which is said in one log line.
+    """
     source, _, model_name = name.rpartition(":") if ":" in name else ("timm", "", name)
     if source not in BACKBONE_SOURCES:
         raise UnknownNameError("backbone source", source, BACKBONE_SOURCES)
@@ -135,7 +135,11 @@ def create_backbone(name: str, pretrained: Any = False, image_size: int | None =
             raise ConfigError(f"the input size is given twice ({size_arg}={build_kwargs[size_arg]} and "
                               f"image_size={image_size}); set it once, as backbone.image_size")
         build_kwargs[size_arg] = int(image_size)
-    adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, **build_kwargs)
+    if not pretrained:
+        log.warning("%s: random weights (pretrained=False); pass pretrained=True or a weights file for a real backbone",
+                    name)
+    adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, allow_partial=allow_partial_weights,
+                                       **build_kwargs)
     # how to rebuild it: written into prompt files so `vpt-eval` can recreate the backbone
     adapter.create_args = {"name": name, "pretrained": str(pretrained) if pretrained else False, "kwargs": kwargs,
                            "image_size": image_size}

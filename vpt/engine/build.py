@@ -15,8 +15,8 @@ from .runtime import to_plain
 def build_backbone(backbone_cfg: Mapping[str, Any]) -> BackboneAdapter:
     """``backbone.image_size`` is the one home of the input size: the backbone is built for it."""
     cfg = to_plain(backbone_cfg)
-    return create_backbone(cfg["name"], pretrained=cfg.get("pretrained", False), image_size=cfg.get("image_size"),
-                           **(cfg.get("kwargs") or {}))
+    return create_backbone(cfg["name"], pretrained=cfg.get("pretrained", True), image_size=cfg.get("image_size"),
+                           allow_partial_weights=bool(cfg.get("allow_partial_weights", False)), **(cfg.get("kwargs") or {}))
 
 
 def input_data_config(backbone: BackboneAdapter) -> dict[str, Any]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
+
+from ..files import (RESTART_FIX, ResumeStateError, atomic_save_safetensors, capture_rng_states, load_state,
+                     restore_rng_states, save_state, state_paths)
 
 log = logging.getLogger(__name__)
 
@@ -27,52 +28,51 @@ class TrainState:
     train_images: int = 0
 
 
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+LEGACY_RESUME_NAME = "resume.pt"  # vpt < 0.2 pickled it; never read (a crafted pickle runs code)
 
 
-def set_rng_state(rng: Mapping[str, Any]) -> None:
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+def resume_state_exists(run_dir: Path) -> bool:
+    return any(p.exists() for p in state_paths(run_dir))
 
 
-def save_resume_state(path: Path, state: TrainState, model, optimizer, scheduler, config: Mapping[str, Any]) -> None:
-    payload = {"train_state": vars(state), "trainable": model.trainable_state_dict(),
-               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-               "config": dict(config)}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a kill leaves the previous complete state
+def save_resume_state(run_dir: Path, state: TrainState, model, optimizer, scheduler, config: Mapping[str, Any]) -> None:
+    """``resume.safetensors`` (the model's trainable tensors) + ``resume.json`` (optimiser, schedule, RNG, history):
+    no pickle; each part written atomically, and a mix of two saves is detected on load."""
+    meta = {"train_state": vars(state), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": capture_rng_states(), "config": dict(config)}
+    save_state(run_dir / "resume", model.trainable_state_dict(), meta)
 
 
-def load_resume_state(path: Path, model, optimizer, scheduler) -> tuple[TrainState, dict[str, Any]]:
+def load_resume_state(run_dir: Path, model, optimizer, scheduler) -> tuple[TrainState, dict[str, Any]]:
     """Restore model tensors, optimiser, schedule and RNG; returns the train state and the saved config."""
-    # our own file: it holds numpy / python RNG states, which weights_only loading rejects
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    tensors, meta = load_state(run_dir / "resume")
     params = dict(model.named_parameters())
+    mismatched = sorted(set(tensors) ^ {k for k, p in params.items() if p.requires_grad})
+    if mismatched:
+        raise ResumeStateError(f"resume state in {str(run_dir)!r} holds other tensors than this model trains "
+                               f"({mismatched[:4]}): it was made by another prompt method or backbone; "
+                               f"{RESTART_FIX}")
     with torch.no_grad():
-        for name, value in payload["trainable"].items():
+        for name, value in tensors.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    set_rng_state(payload["rng"])
-    return TrainState(**payload["train_state"]), payload.get("config", {})
+    optimizer.load_state_dict(meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    restore_rng_states(meta["rng"])
+    return TrainState(**meta["train_state"]), meta.get("config", {})
+
+
+def refuse_legacy_resume_state(run_dir: Path) -> None:
+    legacy = run_dir / LEGACY_RESUME_NAME
+    if legacy.exists() and not resume_state_exists(run_dir):
+        raise ResumeStateError(f"{str(legacy)!r} is a resume state of vpt < 0.2, a pickle, which vpt no longer reads "
+                               f"(loading a pickle can run code); {RESTART_FIX}")
 
 
 def export_backbone(model, path: str | os.PathLike) -> Path:
     """Save the (possibly fine-tuned) backbone weights, loadable with ``create_backbone(..., pretrained=path)``."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    atomic_save_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in model.backbone.model.state_dict().items()})
     log.info("exported backbone weights to %s (%.1f kB)", path, path.stat().st_size / 1024)
     return path
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..files import atomic_write
 from ..loggers import RunFiles, write_json
 from ..prompt_file import read_prompt_file
 from ..tasks import get_task
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     files = RunFiles(output_dir or cfg.output_dir)
-    OmegaConf.save(cfg, files.config, resolve=True)
+    atomic_write(files.config, OmegaConf.to_yaml(cfg, resolve=True))
     manifest, _ = read_prompt_file(cfg.prompt_file)  # the file says which task made it
     task = get_task(manifest.get("task", "classification"))
     seed_everything(int(cfg.seed))

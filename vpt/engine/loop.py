@@ -14,12 +14,14 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, VptError
+from ..files import RunLock, atomic_write, check_run_dir
 from ..loggers import RunFiles, Tracker
 from ..tasks import get_task, limited
 from . import checkpoints
@@ -84,13 +86,14 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------------------
     def save_resume_state(self) -> None:
-        checkpoints.save_resume_state(self.files.resume_state, self.state, self.model, self.optimizer, self.scheduler,
+        checkpoints.save_resume_state(self.files.dir, self.state, self.model, self.optimizer, self.scheduler,
                                       to_plain(self.cfg))
 
     def load_resume_state(self) -> bool:
-        path = self.files.resume_state
-        if not path.is_file():
-            log.info("trainer.resume: no %s yet, starting from scratch", path)
+        path = self.files.dir
+        checkpoints.refuse_legacy_resume_state(path)
+        if not checkpoints.resume_state_exists(path):
+            log.info("trainer.resume: no resume state in %s yet, starting from scratch", path)
             return False
         self.state, saved_config = checkpoints.load_resume_state(path, self.model, self.optimizer, self.scheduler)
         changed = checkpoints.changed_keys(saved_config, to_plain(self.cfg), ignore=("trainer.resume", "output_dir"))
@@ -192,7 +195,7 @@ class Trainer:
             self.model.save_prompt(self.files.best, **extra)
 
     def fit(self) -> dict[str, Any]:
-        OmegaConf.save(self.cfg, self.files.config, resolve=True)
+        atomic_write(self.files.config, OmegaConf.to_yaml(self.cfg, resolve=True))
         resumed = bool(self.trainer_cfg.resume) and self.load_resume_state()
         if not resumed:
             self.init_prompts()
@@ -200,7 +203,7 @@ class Trainer:
             log.info("no val split: best/ is the last epoch (set data.val_fraction to select by val)")
         elif self.data.val_in_train:
             log.info("val is trained on (data.train_on_trainval): best/ is the last epoch, val is reported only")
-        self.tracker = build_tracker(self.cfg, self.files.dir)
+        self.tracker = build_tracker(self.cfg, self.files.dir, resume=resumed)
         failed = True
         try:
             for epoch in range(self.state.epoch, int(self.trainer_cfg.epochs)):
@@ -259,20 +262,33 @@ class Trainer:
         return results
 
 
-def build_tracker(cfg: DictConfig, run_dir) -> Tracker:
+def build_tracker(cfg: DictConfig, run_dir, resume: bool = False) -> Tracker:
+    """The experiment tracker of ``cfg.logger`` (``resume``: continue the tracker run this run dir started)."""
     from hydra.utils import instantiate
 
     logger_cfg = cfg.get("logger")
     if not logger_cfg or "_target_" not in logger_cfg:
         return Tracker()
+    extra = {"resume": resume} if resume else {}
     return instantiate(logger_cfg, run_dir=str(run_dir), name=cfg.get("name") or run_dir.name,
-                       run_config=to_plain(cfg), _recursive_=False)  # run_config holds _target_ keys itself
+                       run_config=to_plain(cfg), _recursive_=False, **extra)  # run_config holds _target_ keys itself
+
+
+RESUME_FLAGS = {"true": True, "auto": True, "false": False}  # auto: continue if there is a state (requeued jobs)
 
 
 def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Run the experiment in ``cfg``; returns the contents of results.json."""
+    """Run the experiment in ``cfg``; returns the contents of results.json.
+
+    One process per run dir (a lock), and never over another run's results: ``trainer.resume`` continues the run
+    there (true / auto / a run dir), ``trainer.overwrite=true`` moves its results aside first.
+    """
     resume = cfg.trainer.resume
-    if isinstance(resume, str) and resume.lower() not in ("true", "false"):
+    if isinstance(resume, str) and resume.lower() not in RESUME_FLAGS:
         output_dir = resume  # trainer.resume=<run dir>: continue that run in place
-    output_dir = output_dir or cfg.output_dir
-    return Trainer(cfg, output_dir).fit()
+    elif isinstance(resume, str):
+        resume = RESUME_FLAGS[resume.lower()]
+    output_dir = Path(output_dir or cfg.output_dir)
+    with RunLock(output_dir):
+        check_run_dir(output_dir, resume=bool(resume), overwrite=bool(cfg.trainer.get("overwrite", False)))
+        return Trainer(cfg, output_dir).fit()
