@@ -27,3 +27,26 @@ def tiny_vit(**kwargs):
 def tiny_vit_factory():
     """``tiny_vit`` as a fixture: ``tiny_vit_factory(**kwargs)`` builds a small random-init timm ViT."""
     return tiny_vit
+
+
+# One tiny vpt-bench run (every method and comparison, FLOPs on) shared by tests/test_bench.py and
+# tests/test_bench_targets.py: a 2-block ViT at 32 px, one thread, so it takes seconds.
+TINY_BENCH_ARGS = ["--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--patch-size", "8",
+                   "--backbone-kwargs", '{"depth": 2}', "--batch-size", "4", "--warmup", "1", "--steps", "2",
+                   "--prompt-length", "5", "--pad-size", "4", "--num-classes", "10", "--tasks", "8", "--threads", "1",
+                   "--timeout", "120", "--pipeline-images", "16", "--flops", "--peak-tflops", "0.5"]
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory):
+    """(stdout, results) of ``python -m vpt.bench`` with :data:`TINY_BENCH_ARGS`; results read from ``--out``."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    cmd = [sys.executable, "-m", "vpt.bench", *TINY_BENCH_ARGS, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
