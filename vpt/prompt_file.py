@@ -35,7 +35,7 @@ def _paths(path) -> tuple[Path, Path]:
 
 def build_manifest(model, **extra: Any) -> dict[str, Any]:
     backbone = model.backbone
-    head = model.head
+    head = getattr(model, "head", None)  # a detector has none: its heads are among the tensors
     head_info: dict[str, Any] = {"kind": getattr(head, "kind", "none"), "num_classes": getattr(head, "out_features", 0)}
     if head_info["kind"] == "zero_shot":
         head_info.update(logit_scale=head.logit_scale, templates=head.templates)

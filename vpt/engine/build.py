@@ -12,11 +12,13 @@ from ..errors import ConfigError
 from .runtime import to_plain
 
 
-def build_backbone(backbone_cfg: Mapping[str, Any]) -> BackboneAdapter:
-    """``backbone.image_size`` is the one home of the input size: the backbone is built for it."""
+def build_backbone(backbone_cfg: Mapping[str, Any], **task_options: Any) -> BackboneAdapter:
+    """``backbone.image_size`` is the one home of the input size: the backbone is built for it. ``task_options``:
+    keyword arguments the task needs (``Task.backbone_options``), under the config's own ``kwargs``."""
     cfg = to_plain(backbone_cfg)
+    kwargs = {**task_options, **(cfg.get("kwargs") or {})}
     return create_backbone(cfg["name"], pretrained=cfg.get("pretrained", True), image_size=cfg.get("image_size"),
-                           allow_partial_weights=bool(cfg.get("allow_partial_weights", False)), **(cfg.get("kwargs") or {}))
+                           allow_partial_weights=bool(cfg.get("allow_partial_weights", False)), **kwargs)
 
 
 def input_data_config(backbone: BackboneAdapter) -> dict[str, Any]:

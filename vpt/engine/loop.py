@@ -66,7 +66,7 @@ class Trainer:
         configure_cpu(self.trainer_cfg, self.device)
         self.autocast = autocast_for(self.trainer_cfg.precision, self.device)
 
-        backbone = build_backbone(cfg.backbone)
+        backbone = build_backbone(cfg.backbone, **self.task.backbone_options(cfg.backbone))
         self.data = self.task.build_data(to_plain(cfg.data), input_data_config(backbone), self.seed)
         self.model = self.task.build_model(cfg, backbone, self.data).to(self.device)
         self.forward = torch.compile(self.model) if self.trainer_cfg.compile else self.model

@@ -22,6 +22,10 @@ class Task:
     #: metric keys shown in the one-line epoch summary (when present)
     summary_keys: tuple[str, ...] = ()
 
+    def backbone_options(self, backbone_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """Extra keyword arguments the task needs when the backbone is built (e.g. any-size position embeddings)."""
+        return {}
+
     def build_data(self, data_cfg: dict[str, Any], data_config: Mapping[str, Any], seed: int):
         """A data bundle: ``train`` / ``val`` / ``test`` datasets (or None), ``class_names``, ``val_in_train`` and
         ``loaders(batch_size, num_workers, device, seed, eval_batch_size)`` giving batches on the device."""
