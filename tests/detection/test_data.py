@@ -18,11 +18,14 @@ def test_shapes_are_deterministic_per_seed_and_boxes_are_tight():
     image, target = first[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 64, 64)
     assert target["labels"].dtype == torch.int64 and target["image_id"] == 1
-    for box in target["boxes"].tolist():  # shapes are bright (>= 128), the noise dark (< 96)
+    bright = (image >= 128).all(dim=0)  # shapes are bright (>= 128 in every channel), the noise dark (< 96)
+    for box in target["boxes"].tolist():
         x0, y0, x1, y1 = (int(v) for v in box)
-        inside = (image[:, y0:y1, x0:x1] >= 128).all(dim=0)
-        assert inside.any(dim=0).all() and inside.any(dim=1).all()  # every row and column of the box is touched
-        assert not (image[:, y0:y1, x0 - 1] >= 128).all(dim=0).any() if x0 > 0 else True
+        # around each box, 1 px wider (shapes are placed at least 1 px apart), the bright pixels span the box
+        top, left = max(y0 - 1, 0), max(x0 - 1, 0)
+        near = bright[top:y1 + 1, left:x1 + 1]
+        rows, cols = near.any(dim=1).nonzero().flatten(), near.any(dim=0).nonzero().flatten()
+        assert [left + cols[0], top + rows[0], left + cols[-1] + 1, top + rows[-1] + 1] == [x0, y0, x1, y1]
 
 
 def test_coco_round_trip_keeps_boxes_labels_ids_and_pixels(tmp_path):
@@ -93,6 +96,9 @@ def test_coco_fatal_problems_are_one_error_naming_the_file_and_fix(tmp_path):
     assert "1 image file(s) missing" in message and "b.png" in message and "fix image_dir" in message
     assert "category id(s) 99" in message and "add them to 'categories'" in message
     assert "image id(s) 12" in message and "annotation(s) 3 have no 4-number" in message
+    nameless = _coco_file(tmp_path, [], images=[{"id": 1}])
+    with pytest.raises(ConfigError, match="1 'images' entr"):
+        CocoDetection(nameless, tmp_path / "img")
 
 
 def test_coco_missing_json_and_bad_json(tmp_path):

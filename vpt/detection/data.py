@@ -153,6 +153,7 @@ class _Checks:
     unknown_categories: set[int] = field(default_factory=set)
     unknown_images: set[int] = field(default_factory=set)
     malformed: list[int] = field(default_factory=list)
+    nameless_images: int = 0
     clipped: int = 0
     degenerate: int = 0
 
@@ -171,6 +172,8 @@ class _Checks:
         if self.unknown_images:
             problems.append(f"annotations name image id(s) {few(self.unknown_images)} that 'images' does not list "
                             "(add the images, or remove those annotations)")
+        if self.nameless_images:
+            problems.append(f"{self.nameless_images} 'images' entr(ies) lack an 'id' or 'file_name' (add them)")
         if self.malformed:
             problems.append(f"annotation(s) {few(self.malformed)} have no 4-number finite 'bbox' [x, y, w, h] "
                             "(fix or remove them)")
@@ -193,6 +196,9 @@ def _coco_records(data: dict[str, Any], image_dir: Path, labels: Mapping[int, in
                   checks: _Checks) -> list[ImageRecord]:
     records: dict[int, ImageRecord] = {}
     for image in data["images"]:
+        if "id" not in image or "file_name" not in image:
+            checks.nameless_images += 1
+            continue
         path = image_dir / image["file_name"]
         if not path.is_file():
             checks.missing_files.append(image["file_name"])
@@ -201,7 +207,7 @@ def _coco_records(data: dict[str, Any], image_dir: Path, labels: Mapping[int, in
             else _image_size(path)
         records[image["id"]] = ImageRecord(int(image["id"]), image["file_name"], int(width), int(height),
                                            areas=[], path=path)
-    known_images = {image["id"] for image in data["images"]}
+    known_images = {image.get("id") for image in data["images"]}
     for ann in data["annotations"]:
         if ann.get("category_id") not in labels:
             checks.unknown_categories.add(ann.get("category_id"))
