@@ -41,7 +41,7 @@ def test_train_then_eval_the_saved_prompt_file(tmp_path):
     run = tmp_path / "run"
     vpt("vpt-train", *QUICK, f"hydra.run.dir={run}", cwd=tmp_path, check=0)
     for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "results.json", "best/prompt.safetensors",
-                 "best/prompt.json", "last/prompt.safetensors", "resume.pt"):
+                 "best/prompt.json", "last/prompt.safetensors", "resume.safetensors", "resume.json"):
         assert (run / name).is_file(), name
     results = read_results(run)
     for key in ("method", "backbone", "dataset", "seed", "test_top1", "val_top1", "trainable_params", "total_params",
@@ -125,7 +125,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     process = subprocess.Popen([str(BIN / "vpt-train"), *args, f"hydra.run.dir={resumed}"], cwd=tmp_path, env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (resumed / "resume.pt").exists() and process.poll() is None and time.time() < deadline:
+    while not (resumed / "resume.json").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -43,7 +43,7 @@ def test_trainer_config_applies_it_on_cpu_only(monkeypatch):
     import torch
     from omegaconf import OmegaConf
 
-    from vpt import engine
+    from vpt.engine import runtime as engine
 
     calls = []
     monkeypatch.setattr(engine, "retain_freed_memory", lambda: calls.append(True) or True)

@@ -56,6 +56,10 @@ class PromptBank(nn.Module):
                 raise PromptFileError(f"task {name!r} was trained on other backbone weights than this bank's")
         else:
             manifest, tensors = read_prompt_file(source)  # read once: checked, then built from these contents
+            if manifest.get("task", "classification") != "classification":
+                raise ConfigError(f"task {name!r} is a {manifest['task']} prompt file; the bank serves classification "
+                                  "tasks (one pooled feature per image), so run it alone: "
+                                  "vpt.detection.DetectorModel.from_prompt_file(path)")
             check_backbone(manifest, self.backbone, source, self.fingerprint)
             model = PromptedModel.from_prompt_contents(manifest, tensors, source, backbone=self.backbone)
         if not model.method.shareable_in_bank:

@@ -262,6 +262,9 @@ class PromptedModel(nn.Module):
     @classmethod
     def from_prompt_contents(cls, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path, backbone=None,
                              pretrained: Any = None, head: nn.Module | None = None) -> "PromptedModel":
+        if manifest.get("task", "classification") != "classification":
+            raise PromptFileError(f"prompt file {str(path)!r} was made for task {manifest['task']!r}; load it with "
+                                  "vpt.detection.DetectorModel.from_prompt_file (or vpt-eval, which reads the task)")
         backbone = _backbone_for(manifest, path, backbone, pretrained)
         head_info, class_names = manifest["head"], manifest.get("class_names")
         if head is None and head_info["kind"] == "zero_shot":

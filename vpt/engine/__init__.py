@@ -11,11 +11,11 @@ from ..tasks.classification import evaluate
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
 from .checkpoints import TrainState, export_backbone
 from .evaluation import evaluate_prompt_file
-from .loop import NonFiniteLossError, Trainer, train
+from .loop import NonFiniteLossError, Trainer, build_tracker, train
 from .runtime import autocast_for, configure_cpu, derive_seed, resolve_device, seed_everything, to_plain
 
 __all__ = [
     "NonFiniteLossError", "TrainState", "Trainer", "autocast_for", "build_backbone", "build_optimizer",
-    "build_scheduler", "configure_cpu", "derive_seed", "evaluate", "evaluate_prompt_file", "export_backbone",
+    "build_scheduler", "build_tracker", "configure_cpu", "derive_seed", "evaluate", "evaluate_prompt_file", "export_backbone",
     "input_data_config", "resolve_device", "seed_everything", "to_plain", "train",
 ]

@@ -16,9 +16,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import PromptConfig
-from ..errors import ConfigError, PromptFileError
+from ..errors import ConfigError
 from ..model import PromptedModel
-from ..prompt_file import read_prompt_file
 from .base import Task, limited, register_task
 
 DRAWN_IMAGES = 4  # images drawn per evaluated split
@@ -124,10 +123,19 @@ class DetectionTask(Task):
         torch.manual_seed(int(cfg.seed))
         encoder = PromptedModel(backbone, prompt, num_classes=0, class_names=None)
         size = cfg.data.get("image_size") or encoder.input_size[1]
+        from ..detection.prompt_files import DetectorModel
+
         return DetectorModel.build(encoder, data.class_names, detector_config(task, int(size)))
 
     def load_prompt_file(self, path, pretrained: Any = None):
-        return DetectorModel.from_prompt_file(path, pretrained=pretrained)
+        from ..detection.prompt_files import DetectorModel
+
+        return DetectorModel.from_prompt_file(path, pretrained=pretrained or None)
+
+    def check_eval_data(self, model, data, dataset_name: str) -> None:
+        if list(model.class_names) != list(data.class_names):
+            raise ConfigError(f"the prompt file detects {model.class_names} but data={dataset_name} has "
+                              f"{data.class_names}; evaluate on the dataset it was trained for")
 
     def training_loss(self, model, batch, trainer_cfg):
         images, targets = batch
@@ -173,6 +181,7 @@ class DetectionTask(Task):
 def detector_config(task: dict[str, Any], size: int) -> dict[str, Any]:
     return {"detector": task.get("detector", "faster_rcnn"), "min_size": task.get("min_size") or size,
             "max_size": task.get("max_size") or size, "pyramid_channels": int(task.get("pyramid_channels", 256)),
+            "pyramid_scales": [float(x) for x in task.get("pyramid_scales") or (4.0, 2.0, 1.0, 0.5)],
             "detector_kwargs": dict(task.get("detector_kwargs") or {})}
 
 

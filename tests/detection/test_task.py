@@ -1,0 +1,80 @@
+"""task=detection through the trainer and vpt-eval: configs compose and train, prompt files reproduce predictions."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+import vpt
+import vpt.cli
+from vpt.engine import evaluate_prompt_file, train
+
+vpt.cli.register_resolvers()
+TINY = ["logger=none", "trainer.progress_bar=false", "trainer.cpu_threads=1", "trainer.epochs=1",
+        "trainer.limit_train_batches=2", "trainer.batch_size=4", "trainer.eval_batch_size=8"]
+SHAPES = ["data.train_size=8", "data.val_size=4", "data.test_size=8"]
+
+
+def config(*overrides, config_name="train"):
+    with initialize_config_module("vpt.configs", version_base="1.3"):
+        return compose(config_name, overrides=["output_dir=unused", *overrides])  # the tests pass the run dir
+
+
+@pytest.mark.parametrize("prompt", ["deep", "linear", "pad"])
+def test_shapes_quickstart_trains_and_its_prompt_file_reproduces_the_predictions(tmp_path, prompt):
+    run = tmp_path / "run"
+    results = train(config("experiment=shapes_detection", f"prompt={prompt}", *TINY, *SHAPES), run)
+    for key in ("test_map", "test_ap50", "test_ap75", "test_ar100", "val_map"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["task"] == "detection"
+    manifest = json.loads((run / "best" / "prompt.json").read_text())
+    assert manifest["task"] == "detection" and manifest["detection"]["class_names"] == ["rectangle", "ellipse", "triangle"]
+    names = set(manifest["tensors"])
+    assert any(n.startswith("pyramid.") for n in names) and any(n.startswith("detector.") for n in names)
+    assert any(n.startswith("encoder.token_prompts") for n in names) == (prompt == "deep")
+    assert len(list((run / "predictions_test").glob("*.png"))) == 4
+
+    # vpt-eval rebuilds the detector from the prompt file alone and predicts exactly what training wrote
+    evaluation = tmp_path / "eval"
+    eval_cfg = config(f"prompt_file={run / 'best'}", "data=shapes", *SHAPES, "trainer.eval_batch_size=8",
+                      "trainer.cpu_threads=1", config_name="eval")
+    again = evaluate_prompt_file(eval_cfg, evaluation)
+    assert json.loads((evaluation / "predictions_test.json").read_text()) == \
+        json.loads((run / "predictions_test.json").read_text())
+    assert again["test_map"] == results["test_map"]
+
+
+def test_detection_prompt_files_are_refused_where_they_do_not_fit(tmp_path):
+    run = tmp_path / "run"
+    train(config("experiment=shapes_detection", *TINY, *SHAPES), run)
+    with pytest.raises(vpt.PromptFileError, match="task 'detection'"):
+        vpt.PromptedModel.from_prompt_file(run / "best")
+    backbone = vpt.create_backbone("vit_tiny_patch16_224", pretrained=False, image_size=16, patch_size=4, embed_dim=64,
+                                   depth=6, num_heads=4)
+    with pytest.raises(vpt.ConfigError, match="the bank serves classification"):
+        vpt.PromptBank(backbone).add_task("boxes", run / "best")
+
+
+def test_pennfudan_experiment_composes_and_trains_a_step(tmp_path):
+    from vpt.detection.io import png_bytes
+
+    root = tmp_path / "PennFudanPed"
+    for folder in ("PNGImages", "PedMasks", "Annotation"):
+        (root / folder).mkdir(parents=True)
+    for i in range(1, 171):  # the fixed split needs the dataset's 170 images
+        name = f"FudanPed{i:05d}"
+        (root / "PNGImages" / f"{name}.png").write_bytes(png_bytes(torch.randint(0, 255, (3, 40, 48), dtype=torch.uint8)))
+        (root / "Annotation" / f"{name}.txt").write_text(
+            f'Image size (X x Y x C) : 48 x 40 x 3\n'
+            f'Bounding box for object 1 "PASpersonWalking" (Xmin, Ymin) - (Xmax, Ymax) : (5, 4) - (20, 36)\n')
+    results = train(config("experiment=pennfudan_detection", "backbone.pretrained=false", f"data.root={root}",
+                           "data.image_size=32", *TINY), tmp_path / "run")
+    assert results["train_size"] == 120 and results["dataset"] == "pennfudan"
+    assert "test_map" in results
+
+
+def test_missing_detection_data_root_names_the_option(tmp_path):
+    with pytest.raises(vpt.ConfigError, match="data.root"):
+        train(config("experiment=pennfudan_detection", "backbone.pretrained=false",
+                      f"data.root={tmp_path / 'nowhere'}", *TINY), tmp_path / "run")
