@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .detection import DETECTION_METHODS, format_detection_table
 from .report import format_table
 from .runtime import default_peak_tflops, environment, resolve_device, resolve_precision
 from .workers import WORKERS, run_worker
@@ -40,7 +41,11 @@ def _add_setting_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before measuring")
     p.add_argument("--steps", type=int, default=5, help="measured steps (the median is reported)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated tuning methods")
+    p.add_argument("--task", choices=["classification", "detection"], default="classification",
+                   help="detection: a prompted Faster R-CNN per method (default methods linear,deep,full)")
+    p.add_argument("--detector", choices=["faster_rcnn", "retinanet", "fcos"], default="faster_rcnn")
+    p.add_argument("--methods", default=None, help="comma-separated tuning methods (default: "
+                   + ",".join(DEFAULT_METHODS) + "; with --task detection: " + ",".join(DETECTION_METHODS) + ")")
     p.add_argument("--prompt-length", type=int, default=50, help="prompt tokens for shallow / deep")
     p.add_argument("--pad-size", type=int, default=30, help="pixel prompt size for pad / patch / random_patch")
     p.add_argument("--num-classes", type=int, default=100)
@@ -88,8 +93,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
         sys.stdout.flush()
         return None
     spec, methods = spec_from_args(args)
-    results = measure(spec, methods, args.workers, args.timeout, yardstick=not args.no_yardstick)
-    print(format_table(results))
+    if spec["task"] == "detection":
+        results = measure_detection(spec, methods, args.workers, args.timeout)
+        print(format_detection_table(results))
+    else:
+        results = measure(spec, methods, args.workers, args.timeout, yardstick=not args.no_yardstick)
+        print(format_table(results))
     if args.out:
         from ..loggers import write_atomic
 
@@ -105,7 +114,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    default = DETECTION_METHODS if args.task == "detection" else DEFAULT_METHODS
+    methods = [m.strip() for m in (args.methods or ",".join(default)).split(",") if m.strip()]
     if args.pipeline_images > 0 and args.pipeline_data and not Path(args.pipeline_data).is_dir():
         raise SystemExit(f"vpt-bench: --pipeline-data {args.pipeline_data} is not a folder; pass an ImageFolder "
                          "(e.g. ../shared/data/cifar10) or leave it out for random uint8 images")
@@ -120,7 +130,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
             "num_classes": args.num_classes, "tasks": args.tasks, "compile": args.compile, "flops": args.flops or device == "cuda",
             "peak_tflops": peak_tflops, "threads": args.threads, "cpu_allocator": args.cpu_allocator,
             "plain_at_precision": not args.no_plain_at_precision, "pipeline_images": args.pipeline_images,
-            "pipeline_data": args.pipeline_data}
+            "pipeline_data": args.pipeline_data, "task": args.task, "detector": args.detector}
     return spec, methods
 
 
@@ -147,6 +157,21 @@ def measure(spec: dict[str, Any], methods: list[str], workers: str = "auto", tim
     if spec["pipeline_images"] > 0:
         _say(f"data pipeline ({spec['pipeline_images']} images in memory) ...")
         results["pipeline"] = run_worker("pipeline", spec, timeout, start)
+    results["wall_s"] = time.time() - started
+    return results
+
+
+def measure_detection(spec: dict[str, Any], methods: list[str], workers: str = "auto",
+                      timeout: float | None = None) -> dict[str, Any]:
+    """One detection row per method, each in its own worker process."""
+    device = spec["device"]
+    start = workers if workers != "auto" else ("spawn" if device == "cuda" else "fork")
+    results: dict[str, Any] = {"config": {**spec, "methods": methods, "workers": start},
+                               "environment": environment(device), "methods": {}}
+    started = time.time()
+    for method in methods:
+        _say(f"detection {method} ...")
+        results["methods"][method] = run_worker("detection", {**spec, "method": method}, timeout, start)
     results["wall_s"] = time.time() - started
     return results
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .detection import worker_detection
 from .models import (PlainTimmVPT, build_backbone, build_model, count_flops, forward_fn, make_batch, make_optimizer,
                      prompt_file_bytes, train_on_fn, train_step_fn)
 from .runtime import PeakRSS, autocast, median, rss_bytes, ru_maxrss_bytes, time_alternating
@@ -205,7 +206,7 @@ def worker_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS = {"method": worker_method, "yardstick": worker_yardstick, "multitask": worker_multitask,
-           "pipeline": worker_pipeline}
+           "pipeline": worker_pipeline, "detection": worker_detection}
 
 
 # ---------------------------------------------------------------------------------------------------------
