@@ -117,7 +117,9 @@ def _check_same_save(manifest: dict[str, Any], weights_meta: dict[str, str], ten
     A pair mixed from two saves is named as such, not blamed on the backbone it is loaded onto."""
     expected = {k: list(v) for k, v in manifest.get("tensors", {}).items()}
     found = {k: list(v.shape) for k, v in tensors.items()}
-    saved_fingerprint = manifest.get("backbone", {}).get("fingerprint")
+    saved = manifest.get("backbone", {})
+    # files without ``fingerprint_of`` (vpt < 0.2) are matched on shapes only, as they always were
+    saved_fingerprint = saved.get("fingerprint") if saved.get("fingerprint_of") else None
     if manifest.get("save_id") and weights_meta.get("save_id") and manifest["save_id"] != weights_meta["save_id"]:
         why = f"save id {weights_meta['save_id']} vs {manifest['save_id']}"
     elif saved_fingerprint and weights_meta.get("fingerprint") not in (None, saved_fingerprint):
