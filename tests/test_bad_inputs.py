@@ -189,6 +189,10 @@ def test_truncated_image_decoded_on_the_fly_is_named_or_skipped(tmp_path, caplog
     lazy = build_data({"name": "imagefolder", "root": str(root), "cache": False}, data_config)
     with pytest.raises(BadImageError, match=r"2\.png.*data\.skip_bad_images=true"):
         [lazy.train[i] for i in range(len(lazy.train))]
+    with pytest.raises(BadImageError) as caught:  # from a DataLoader worker: the message, not the worker's traceback
+        list(lazy.loaders(batch_size=4, num_workers=1)["train"])
+    assert str(caught.value).startswith(f"cannot read image {str(root / 'a' / '2.png')!r}")
+    assert "Traceback" not in str(caught.value)
     skipped = build_data({"name": "imagefolder", "root": str(root), "cache": False, "skip_bad_images": True},
                          data_config)
     assert len(skipped.train) == 9 and [skipped.train[i][1] for i in range(9)] == [0] * 4 + [1] * 5
