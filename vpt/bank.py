@@ -17,7 +17,7 @@ from torch import nn
 from .backbones import BackboneAdapter, wrap_model
 from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
-from .model import PromptedModel
+from .model import PromptedModel, check_images, fixed_input_size
 from .prompt_file import check_backbone, read_prompt_file
 
 
@@ -132,23 +132,55 @@ class PromptBank(nn.Module):
         return {"names": [t.name for t in tasks], "max_len": max_len, "first_layer": first_layer, "layers": layers,
                 "visible": visible, "needs_mask": needs_mask, "pixel": pixel, "has_pixel": any(t.pixel is not None for t in tasks),
                 "weight": weight, "bias": bias, "normalize": normalize, "scale": scale,
-                "any_normalize": bool(normalize.any())}
+                "any_normalize": bool(normalize.any()), "input_size": self.backbone.data_config()["input_size"]}
 
-    def task_indices(self, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
+    def task_indices(self, tasks: Sequence[str] | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """One task index per image, from task names or an index tensor (0 .. len(tasks) - 1, in ``self.tasks``
+        order). Refused with one message: a count other than ``batch_size``, an index out of range (-1 is not
+        "the last task"), a non-integer tensor, a bare string."""
         if self._stack is None:
             self._stack = self._build_stack()
+        if isinstance(tasks, str):
+            raise ConfigError(f"tasks={tasks!r} is one string; pass one task name per image, e.g. "
+                              f"[{tasks!r}] * len(images)")
         if torch.is_tensor(tasks):
-            return tasks.long()
-        lookup = {n: i for i, n in enumerate(self._stack["names"])}
-        unknown = sorted(set(tasks) - set(lookup))
-        if unknown:
-            raise ConfigError(f"unknown task(s) {unknown}; bank tasks: {self.tasks}")
-        return torch.tensor([lookup[t] for t in tasks], dtype=torch.long)
+            index = self._checked_index_tensor(tasks)
+        else:
+            lookup = {n: i for i, n in enumerate(self._stack["names"])}
+            unknown = sorted(set(tasks) - set(lookup), key=str)
+            if unknown:
+                raise ConfigError(f"unknown task(s) {unknown}; bank tasks: {self.tasks}")
+            index = torch.tensor([lookup[t] for t in tasks], dtype=torch.long)
+        if batch_size is not None and len(index) != batch_size:
+            raise ConfigError(f"{len(index)} tasks for a batch of {batch_size} images; pass one task (name or index) "
+                              "per image")
+        return index
+
+    def _checked_index_tensor(self, tasks: torch.Tensor) -> torch.Tensor:
+        count = len(self._stack["names"])
+        if tasks.dim() != 1 or tasks.is_floating_point() or tasks.is_complex() or tasks.dtype == torch.bool:
+            raise ConfigError(f"task indices must be a 1-d integer tensor, got {tasks.dtype} of shape "
+                              f"{tuple(tasks.shape)}; or pass task names")
+        if tasks.numel():
+            low, high = (int(v) for v in torch.aminmax(tasks))  # one host read: the bank is inference-only
+            if low < 0 or high >= count:
+                bad = low if low < 0 else high
+                raise ConfigError(f"task index {bad} is out of range for a bank of {count} tasks (0..{count - 1}: "
+                                  f"{self.tasks}); negative indices do not count from the end, pass task names or "
+                                  "indices in that range")
+        return tasks.long()
 
     # ---- forward ---------------------------------------------------------------------------
     @torch.no_grad()
     def forward_features(self, images: torch.Tensor, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
-        index = self.task_indices(tasks).to(images.device)
+        return self._features(images, self._checked_index(images, tasks))
+
+    def _checked_index(self, images: torch.Tensor, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        index = self.task_indices(tasks, batch_size=len(images) if torch.is_tensor(images) else None)
+        check_images(images, self._stack["input_size"], "PromptBank", fixed_input_size(self.backbone))
+        return index.to(images.device)
+
+    def _features(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         stack, backbone = self._stack, self.backbone
         if stack["has_pixel"]:
             images = images + stack["pixel"][index].to(images.dtype)
@@ -158,8 +190,8 @@ class PromptBank(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
-        features = self.forward_features(images, tasks).float()
-        index = self.task_indices(tasks).to(features.device)
+        index = self._checked_index(images, tasks)
+        features = self._features(images, index).float()
         stack = self._stack
         if stack["any_normalize"]:
             features = torch.where(stack["normalize"][index][:, None], F.normalize(features, dim=-1), features)

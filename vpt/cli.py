@@ -19,14 +19,17 @@ from importlib import resources
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .backbones.portable import RecordedWeightsNotFoundError
 from .errors import ConfigError, VptError, WeightsUnavailableError
 
 CONFIG_PATH = "pkg://vpt.configs"  # the packaged configs/, so the commands work from any directory
 USER_ERROR_EXIT_CODE = 2
 REFERENCE_IMAGE_SIZE = 224  # pixel-prompt sizes in the configs are given at this input size
 
-# Library messages name Python arguments; say how to set them on the command line
+# Library messages name Python arguments; say how to set them on the command line (the first match is shown)
 COMMAND_LINE_HINTS = {
+    RecordedWeightsNotFoundError: "on the command line: vpt-eval prompt_file=... pretrained=/path/to/the/weights/file "
+                                  "(or a folder holding it)",
     WeightsUnavailableError: "on the command line: backbone.pretrained=false or backbone.pretrained=/path/to/weights",
 }
 

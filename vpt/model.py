@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .backbones import BackboneAdapter, create_backbone, wrap_model
+from .backbones.portable import locate_recorded_weights
 from .config import PromptConfig
 from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
@@ -39,6 +40,32 @@ def _take_own_classifier(model: nn.Module) -> nn.Module | None:
     own = LinearHead(head.in_features, head.out_features, bias=head.bias is not None)
     own.load_state_dict(head.state_dict())
     return own
+
+
+def fixed_input_size(backbone: BackboneAdapter) -> bool:
+    """The encoder takes only its built input size (a timm ViT without ``dynamic_img_size``, a CLIP tower)."""
+    return backbone.supports_token_prompts and not getattr(backbone.model, "dynamic_img_size", False)
+
+
+def check_images(images: Any, input_size: Sequence[int], name: str, fixed_size: bool = True) -> None:
+    """One ConfigError, naming the expected shape and dtype and the fix, for a batch the encoder cannot take.
+
+    Reads only the tensor's shape and dtype: no host-device synchronisation."""
+    channels, height, width = input_size
+    expected = f"float images of shape (batch, {channels}, {height}, {width})" if fixed_size else \
+        f"float images of shape (batch, {channels}, height, width)"
+    if not torch.is_tensor(images):
+        raise ConfigError(f"{name} takes a tensor of {expected}, got {type(images).__name__}")
+    shape = tuple(images.shape)
+    if images.dim() != 4 or shape[1] != channels or (fixed_size and shape[2:] != (height, width)):
+        resize = f"resize the images to {height}x{width}, or build the backbone for their size " \
+                 "(backbone.image_size=... on the command line, image_size=... in create_backbone)"
+        fix = "add the batch dimension: images[None]" if images.dim() == 3 else resize
+        raise ConfigError(f"{name} takes {expected}, got shape {shape}; {fix}")
+    if not images.is_floating_point():
+        raise ConfigError(f"{name} takes {expected}, got dtype {images.dtype}: convert and normalise them as the "
+                          "backbone expects (images.float() / 255, then (x - mean) / std with model.data_config's "
+                          "mean and std; vpt.data.Preprocess does both)")
 
 
 class PromptedModel(nn.Module):
@@ -91,6 +118,8 @@ class PromptedModel(nn.Module):
             setattr(self, attribute, module)
         self.head = self._resolve_head(head if head is not None else own_head, num_classes)
         self._set_trainable()
+        # checked on every forward; read once here (data_config resolves timm's config each time)
+        self._expected_input = (self.input_size, self.pixel_prompt is not None or fixed_input_size(self.backbone))
 
     def _resolve_head(self, head: nn.Module | None, num_classes: int | None) -> nn.Module:
         if head is None and num_classes:
@@ -172,7 +201,13 @@ class PromptedModel(nn.Module):
     def fast_prompt_path(self, enabled: bool) -> None:
         self.backbone.fast_path = bool(enabled)
 
+    def check_input(self, images: torch.Tensor) -> None:
+        """Refuse images of another size or an integer dtype with one message (before the library's traceback)."""
+        input_size, fixed = self._expected_input
+        check_images(images, input_size, f"{type(self).__name__} on {self.backbone.name}", fixed)
+
     def _encode(self, images: torch.Tensor, last_rows: str) -> torch.Tensor:
+        self.check_input(images)
         if self.pixel_prompt is not None:
             images = self.pixel_prompt(images)
         return run_layers(self.backbone, self.backbone.embed(images), self.token_prompts, last_rows)
@@ -184,6 +219,7 @@ class PromptedModel(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logits feature (B, F)."""
         if not self.backbone.supports_token_prompts:
+            self.check_input(images)
             if self.pixel_prompt is not None:
                 images = self.pixel_prompt(images)
             return self.backbone.forward_features(images)
@@ -284,8 +320,8 @@ def _backbone_for(manifest: dict[str, Any], path, backbone, pretrained: Any):
         if not args:
             raise PromptFileError(f"prompt file {str(path)!r} was made on a user-built backbone instance; "
                                   "pass that backbone: PromptedModel.from_prompt_file(path, backbone=model)")
-        return create_backbone(args["name"], pretrained=pretrained or args["pretrained"],
-                               image_size=args.get("image_size"), **args["kwargs"])
+        weights = locate_recorded_weights(args, path, pretrained)  # a moved weights file is found by name + sha256
+        return create_backbone(args["name"], pretrained=weights, image_size=args.get("image_size"), **args["kwargs"])
     if isinstance(backbone, str):
         return create_backbone(backbone, pretrained=True if pretrained is None else pretrained)
     return backbone

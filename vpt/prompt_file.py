@@ -9,6 +9,7 @@ A prompt file is a directory::
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -69,40 +70,66 @@ def save_prompt(model, path, **extra: Any) -> Path:
     weights_path, manifest_path = _paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
-    manifest = build_manifest(model, **extra)
+    save_id = secrets.token_hex(8)  # in both files: a pair mixed from two saves is detected on read
+    manifest = {**build_manifest(model, **extra), "save_id": save_id}
     # weights first, manifest last: each written whole (temp + rename), so a crash keeps the previous good pair
-    atomic_save_safetensors(weights_path, tensors, {"format": FORMAT, "fingerprint": model.backbone_fingerprint})
+    atomic_save_safetensors(weights_path, tensors, {"format": FORMAT, "fingerprint": model.backbone_fingerprint,
+                                                    "save_id": save_id})
     atomic_write_json(manifest_path, manifest)
     return weights_path.parent
 
 
 def read_prompt_file(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(manifest, tensors), with one clear error for a missing, truncated or corrupt file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights_path, manifest_path = _paths(path)
     for p in (weights_path, manifest_path):
         if not p.is_file():
+            run_dir = f"; {str(path)!r} is a run dir: pass {str(Path(path) / 'best')!r} (or last)" \
+                if (Path(path) / "best" / MANIFEST_NAME).is_file() else ""
             raise PromptFileError(f"prompt file part {str(p)!r} is missing; pass the directory written by save_prompt "
-                                  f"(it holds {WEIGHTS_NAME} and {MANIFEST_NAME})")
+                                  f"(it holds {WEIGHTS_NAME} and {MANIFEST_NAME}){run_dir}")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PromptFileError(f"prompt manifest {str(manifest_path)!r} is not valid JSON ({err}); the file is corrupt, re-save it") from err
     if manifest.get("format") != FORMAT:
         raise PromptFileError(f"{str(manifest_path)!r} is not a vpt prompt manifest (format {manifest.get('format')!r}, expected {FORMAT!r})")
+    tensors, weights_meta = _read_weights(weights_path)
+    _check_same_save(manifest, weights_meta, tensors, weights_path, manifest_path)
+    return manifest, tensors
+
+
+def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
     try:
-        tensors = load_file(str(weights_path))
+        with safe_open(str(weights_path), framework="pt") as handle:
+            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise PromptFileError(f"prompt weights {str(weights_path)!r} are truncated or corrupt ({err}); "
                               "re-save them or pick another checkpoint (e.g. best/ instead of last/)") from err
+
+
+def _check_same_save(manifest: dict[str, Any], weights_meta: dict[str, str], tensors: dict[str, torch.Tensor],
+                     weights_path: Path, manifest_path: Path) -> None:
+    """The two parts of one save: same save id (vpt >= 0.2), same backbone fingerprint, same tensor shapes.
+
+    A pair mixed from two saves is named as such, not blamed on the backbone it is loaded onto."""
     expected = {k: list(v) for k, v in manifest.get("tensors", {}).items()}
     found = {k: list(v.shape) for k, v in tensors.items()}
-    if expected and expected != found:
-        raise PromptFileError(f"prompt weights {str(weights_path)!r} do not match their manifest (tensors {sorted(found)} "
-                              f"vs {sorted(expected)}); the two files come from different saves")
-    return manifest, tensors
+    saved = manifest.get("backbone", {})
+    # files without ``fingerprint_of`` (vpt < 0.2) are matched on shapes only, as they always were
+    saved_fingerprint = saved.get("fingerprint") if saved.get("fingerprint_of") else None
+    if manifest.get("save_id") and weights_meta.get("save_id") and manifest["save_id"] != weights_meta["save_id"]:
+        why = f"save id {weights_meta['save_id']} vs {manifest['save_id']}"
+    elif saved_fingerprint and weights_meta.get("fingerprint") not in (None, saved_fingerprint):
+        why = f"backbone fingerprint {weights_meta['fingerprint'][:12]}… vs {saved_fingerprint[:12]}…"
+    elif expected and expected != found:
+        why = f"tensors {sorted(found)} vs {sorted(expected)}"
+    else:
+        return
+    raise PromptFileError(f"{str(weights_path)!r} and {str(manifest_path)!r} come from different saves ({why}); "
+                          "copy both files of one save together (e.g. both from best/ of the same run), or re-save")
 
 
 def check_backbone(manifest: dict[str, Any], backbone, path, fingerprint: str | None = None) -> None:
@@ -117,8 +144,11 @@ def check_backbone(manifest: dict[str, Any], backbone, path, fingerprint: str | 
         return
     if saved.get("fingerprint_of") is None and saved["fingerprint"] == backbone.legacy_fingerprint():
         return
+    args = saved.get("create_args") or {}
+    weights = f" and weights file {args['pretrained']!r} (sha256 {args['pretrained_sha256'][:12]}…)" \
+        if args.get("pretrained_sha256") else ""
     raise PromptFileError(
-        f"prompt file {str(path)!r} was made for backbone {saved['name']!r} with weights fingerprint "
+        f"prompt file {str(path)!r} was made for backbone {saved['name']!r}{weights} with weights fingerprint "
         f"{saved['fingerprint'][:12]}…, but this backbone is {backbone.name!r} with fingerprint {fingerprint[:12]}…. "
         f"Load it onto the backbone it was trained on (same name and weights file)."
     )

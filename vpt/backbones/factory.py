@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, UnknownNameError, WeightsUnavailableError
 from .base import BackboneAdapter, wrap_model
+from .portable import weights_record
 from .weights import load_checked
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,6 @@ def create_backbone(name: str, pretrained: Any = True, image_size: int | None = 
     adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, allow_partial=allow_partial_weights,
                                        **build_kwargs)
     # how to rebuild it: written into prompt files so `vpt-eval` can recreate the backbone
-    adapter.create_args = {"name": name, "pretrained": str(pretrained) if pretrained else False, "kwargs": kwargs,
-                           "image_size": image_size}
+    # a weights file by name + sha256, not this machine's path: the prompt file stays loadable when moved
+    adapter.create_args = {"name": name, **weights_record(pretrained), "kwargs": kwargs, "image_size": image_size}
     return adapter

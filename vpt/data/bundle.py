@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .catalog import load_splits
-from .datasets import CachedImageDataset, LazyImageDataset
+from .datasets import CachedImageDataset, LazyImageDataset, readable_only
 from .loaders import DeviceBatchLoader, DeviceDataLoader, make_loader
 from .preprocess import Preprocess
 from .protocol import apply_protocol
@@ -82,6 +82,8 @@ def build_data(data_cfg: Mapping[str, Any], data_config: Mapping[str, Any], seed
         val_fraction: fraction of train held out as val when the dataset has no val split (default 0).
         cache: decode everything once into memory (default: when it takes <= 2 GiB).
         augment: none | flip_crop (train only). max_per_class_test: cap the test split per class.
+        skip_bad_images: drop unreadable image files (checked before training; one warning with the count)
+            instead of stopping at the first, which is named.
     data_config: the backbone's preprocessing (timm ``resolve_data_config``): input_size, mean, std,
         interpolation, crop_pct.
     """
@@ -99,8 +101,9 @@ def build_data(data_cfg: Mapping[str, Any], data_config: Mapping[str, Any], seed
             return None
         augment = spec.augment if split == "train" else "none"
         if cache:
-            return CachedImageDataset.from_source(source, preprocess, augment)
-        return LazyImageDataset(source, preprocess, augment)
+            return CachedImageDataset.from_source(source, preprocess, augment, skip_bad=spec.skip_bad_images,
+                                                  split=split)
+        return LazyImageDataset(readable_only(source, split) if spec.skip_bad_images else source, preprocess, augment)
 
     return DataBundle(wrap("train"), wrap("val"), wrap("test"), list(splits.class_names), preprocess,
                       val_in_train=bool(spec.train_on_trainval and splits.val is not None))

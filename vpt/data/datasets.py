@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .preprocess import Preprocess
-from .sources import ImageSource
+from .sources import BadImageError, ImageSource, SubsetSource
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,16 @@ class CachedImageDataset(Dataset):
 
     @classmethod
     def from_source(cls, source: ImageSource, preprocess: Preprocess, augment: str = "none",
-                    num_threads: int | None = None) -> "CachedImageDataset":
-        return cls(decode_all(source, preprocess, num_threads), torch.as_tensor(source.labels), preprocess, augment)
+                    num_threads: int | None = None, skip_bad: bool = False, split: str = "") -> "CachedImageDataset":
+        """``skip_bad``: drop images that cannot be decoded (one warning with the count) instead of raising."""
+        unreadable: list[BadImageError] | None = [] if skip_bad else None
+        images, labels = decode_all(source, preprocess, num_threads, unreadable), torch.as_tensor(source.labels)
+        if unreadable:
+            keep = torch.ones(len(labels), dtype=torch.bool)
+            keep[[error.index for error in unreadable]] = False
+            images, labels = images[keep], labels[keep]
+            _warn_skipped(unreadable, len(source), split)
+        return cls(images, labels, preprocess, augment)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,16 +61,24 @@ class CachedImageDataset(Dataset):
         return self.preprocess.prepare_batch(self.images[index][None], self.augment)[0], int(self.labels[index])
 
 
-def decode_all(source: ImageSource, preprocess: Preprocess, num_threads: int | None = None) -> torch.Tensor:
+def decode_all(source: ImageSource, preprocess: Preprocess, num_threads: int | None = None,
+               unreadable: list[BadImageError] | None = None) -> torch.Tensor:
     """Every image of ``source`` at the model input size, as uint8 (N, 3, H, W).
 
-    Threads help because PIL releases the GIL while decoding and resizing.
+    Threads help because PIL releases the GIL while decoding and resizing. ``unreadable``: collect the errors of
+    images that cannot be decoded there (``error.index``; their rows stay zero) instead of raising the first.
     """
     height, width = preprocess.size
-    images = torch.empty(len(source), 3, height, width, dtype=torch.uint8)
+    images = torch.zeros(len(source), 3, height, width, dtype=torch.uint8)
 
     def decode(index: int) -> None:
-        images[index] = preprocess.to_uint8(source.load(index))
+        try:
+            images[index] = preprocess.to_uint8(source.load(index))
+        except BadImageError as error:
+            if unreadable is None:
+                raise
+            error.index = index
+            unreadable.append(error)  # list.append is atomic under the GIL
 
     num_threads = num_threads or min(8, os.cpu_count() or 1)
     log.info("decoding %d images to %dx%d uint8 with %d threads", len(source), height, width, num_threads)
@@ -70,3 +86,32 @@ def decode_all(source: ImageSource, preprocess: Preprocess, num_threads: int | N
         for _ in pool.map(decode, range(len(source)), chunksize=64):
             pass  # iterating re-raises the first decoding error
     return images
+
+
+def readable_only(source: ImageSource, split: str = "", num_threads: int | None = None) -> ImageSource:
+    """``source`` without the images that cannot be decoded (``data.skip_bad_images`` for data decoded on the fly):
+    every image is decoded once, before training, and the skipped ones are said in one warning."""
+    unreadable: list[BadImageError] = []
+
+    def check(index: int) -> None:
+        try:
+            source.load(index)
+        except BadImageError as error:
+            error.index = index
+            unreadable.append(error)
+
+    with ThreadPoolExecutor(num_threads or min(8, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(check, range(len(source)), chunksize=64):
+            pass
+    if not unreadable:
+        return source
+    _warn_skipped(unreadable, len(source), split)
+    bad = {error.index for error in unreadable}
+    return SubsetSource(source, [i for i in range(len(source)) if i not in bad])
+
+
+def _warn_skipped(unreadable: list[BadImageError], total: int, split: str) -> None:
+    names = sorted(str(error.image) for error in unreadable)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    log.warning("data.skip_bad_images: skipped %d unreadable image(s) of %d in %s: %s", len(names), total,
+                split or "the data", shown)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 
 from ..errors import ConfigError
 from .sources import FileImageSource, SourceSplits
@@ -62,7 +63,18 @@ def build_imagefolder(spec: DataSpec) -> SourceSplits:
     sources = {split: _scan_class_folders(folder, class_names) for split, folder in split_dirs.items()}
     if len(sources["train"]) == 0:
         raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dirs['train']}")
+    _refuse_empty_classes(split_dirs["train"], class_names, sources["train"].labels)
     return SourceSplits(sources["train"], sources.get("val"), sources.get("test"), class_names)
+
+
+def _refuse_empty_classes(train_dir: Path, class_names: Sequence[str], labels) -> None:
+    """An empty class folder would become a class no training image belongs to (a head row never trained)."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [str(train_dir / name) for name, count in zip(class_names, counts) if count == 0]
+    if empty:
+        raise ConfigError(f"class folder(s) {', '.join(map(repr, empty))} hold no images "
+                          f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder, which would otherwise "
+                          "become a class without training images")
 
 
 # --- annotation lists -----------------------------------------------------------------------------------

@@ -11,6 +11,24 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
+
+SKIP_HINT = "set data.skip_bad_images=true to skip unreadable images (each is checked once, before training)"
+# what PIL raises for a truncated, corrupt or not-an-image file
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class BadImageError(ConfigError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image); names the file and the fix."""
+
+    def __init__(self, message: str, image: str | None = None) -> None:
+        # a DataLoader worker re-raises with the worker's traceback around the message: keep the message only
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].partition(f"{type(self).__name__}: ")[2] or message
+        super().__init__(message)
+        self.image = image  # the file (or dataset item) that failed
+        self.index: int | None = None  # its position in the source, set where it is skipped
+
 
 class ImageSource(Protocol):
     labels: np.ndarray  # int64, one per image
@@ -34,8 +52,12 @@ class FileImageSource:
         return len(self.paths)
 
     def load(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as image:
-            return image.convert("RGB")
+        try:
+            with Image.open(self.paths[index]) as image:
+                return image.convert("RGB")
+        except DECODE_ERRORS as err:
+            raise BadImageError(f"cannot read image {self.paths[index]!r} ({type(err).__name__}: {err}); replace or "
+                                f"delete the file, or {SKIP_HINT}", image=self.paths[index]) from err
 
 
 class ArrayImageSource:
@@ -63,7 +85,12 @@ class WrappedDatasetSource:
         return len(self.labels)
 
     def load(self, index: int) -> Image.Image:
-        return self.dataset[index][0].convert("RGB")
+        try:
+            return self.dataset[index][0].convert("RGB")
+        except DECODE_ERRORS as err:
+            raise BadImageError(f"cannot read image #{index} of {type(self.dataset).__name__} ({type(err).__name__}: "
+                                f"{err}); re-download the dataset, or {SKIP_HINT}",
+                                image=f"{type(self.dataset).__name__}[{index}]") from err
 
 
 class SubsetSource:

@@ -42,6 +42,7 @@ class DataSpec:
     cache: bool | None = None  # None: cache when the decoded splits fit in memory comfortably
     augment: str = "none"
     max_per_class_test: int | None = None
+    skip_bad_images: bool = False  # True: drop unreadable image files (with a warning and a count) instead of stopping
 
     @classmethod
     def from_mapping(cls, cfg: Any) -> "DataSpec":
@@ -70,5 +71,7 @@ class DataSpec:
             raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.num_shots is not None and self.train_size is not None:
             raise ConfigError("data.num_shots and data.train_size both pick the training samples; set only one")
+        if not isinstance(self.skip_bad_images, bool):
+            raise ConfigError(f"data.skip_bad_images must be true or false, got {self.skip_bad_images!r}")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"data.classes has duplicates: {list(self.classes)}")

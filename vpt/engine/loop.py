@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from ..backbones.portable import portable_config_yaml
 from ..errors import ConfigError, VptError
 from ..files import RunLock, atomic_write, check_run_dir
 from ..loggers import RunFiles, Tracker
@@ -28,6 +29,7 @@ from . import checkpoints
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
 from .console import format_metrics, progress_bar
 from .runtime import autocast_for, configure_cpu, derive_seed, resolve_device, seed_everything, to_plain
+from .validate import check_run_config
 
 log = logging.getLogger(__name__)
 SYNC_EVERY = 25  # training steps between host reads of the running loss (NaN check, progress bar)
@@ -57,6 +59,7 @@ class Trainer:
     """One experiment: data, model, optimiser and the epoch loop, configured by the composed config."""
 
     def __init__(self, cfg: DictConfig, output_dir: str | os.PathLike) -> None:
+        check_run_config(cfg)
         self.cfg, self.trainer_cfg = cfg, cfg.trainer
         self.task = task_of(cfg)
         self.files = RunFiles(output_dir)
@@ -195,7 +198,7 @@ class Trainer:
             self.model.save_prompt(self.files.best, **extra)
 
     def fit(self) -> dict[str, Any]:
-        atomic_write(self.files.config, OmegaConf.to_yaml(self.cfg, resolve=True))
+        atomic_write(self.files.config, portable_config_yaml(self.cfg))  # weights file by name + sha256
         resumed = bool(self.trainer_cfg.resume) and self.load_resume_state()
         if not resumed:
             self.init_prompts()
@@ -283,6 +286,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[
     One process per run dir (a lock), and never over another run's results: ``trainer.resume`` continues the run
     there (true / auto / a run dir), ``trainer.overwrite=true`` moves its results aside first.
     """
+    check_run_config(cfg)  # before the run dir is locked or checked: a bad value never moves results aside
     resume = cfg.trainer.resume
     if isinstance(resume, str) and resume.lower() not in RESUME_FLAGS:
         output_dir = resume  # trainer.resume=<run dir>: continue that run in place
