@@ -82,8 +82,6 @@ class DataSpec:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.timm_aug and self.augment != "timm":
-            log.info("data.timm_aug is used only with data.augment=timm (augment=%s)", self.augment)
         self._check_custom()
         if self.num_shots is not None and self.train_size is not None:
             raise ConfigError("data.num_shots and data.train_size both pick the training samples; set only one")
