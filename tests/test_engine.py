@@ -57,7 +57,8 @@ def test_lr_is_scaled_by_batch_and_follows_warmup_then_cosine():
         scheduler.step()
     assert lrs[0] == pytest.approx(peak / 20) and lrs[19] == pytest.approx(peak)  # linear warmup over 20 steps
     assert lrs[20] == pytest.approx(peak) and lrs[60] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert all(a >= b for a, b in zip(lrs[19:], lrs[20:])) and lrs[-1] < 0.01 * peak
+    # torch's LinearLR accumulates ~1e-16 of rounding over the warmup: monotone up to that
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[19:], lrs[20:])) and lrs[-1] < 0.01 * peak
 
 
 def test_evaluate_reports_top1_top5_and_per_class():

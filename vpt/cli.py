@@ -111,13 +111,26 @@ def _eval(cfg: DictConfig) -> float | None:
     return results.get("test_top1")
 
 
+# Libraries whose INFO lines are plugin noise on the console (the Optuna sweeper's database migrations)
+QUIET_LOGGERS = ("alembic",)
+
+
+def quiet_plugin_loggers() -> None:
+    """Only warnings from :data:`QUIET_LOGGERS`; Hydra's logging setup keeps these levels (it does not
+    disable or reset loggers its config does not name)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_main() -> None:
     register_resolvers()
+    quiet_plugin_loggers()
     _train()
 
 
 def eval_main() -> None:
     register_resolvers()
+    quiet_plugin_loggers()
     _eval()
 
 

@@ -13,6 +13,7 @@ from .datasets import CachedImageDataset, LazyImageDataset, readable_only
 from .loaders import DeviceBatchLoader, DeviceDataLoader, make_loader
 from .preprocess import Preprocess
 from .protocol import apply_protocol
+from .recipes import TimmAugmentedDataset, timm_train_transform
 from .sources import ImageSource
 from .spec import DataSpec
 
@@ -81,7 +82,11 @@ def build_data(data_cfg: Mapping[str, Any], data_config: Mapping[str, Any], seed
             split); train_on_trainval: train on train + val (val is still reported).
         val_fraction: fraction of train held out as val when the dataset has no val split (default 0).
         cache: decode everything once into memory (default: when it takes <= 2 GiB).
-        augment: none | flip_crop (train only). max_per_class_test: cap the test split per class.
+        augment (train only): none | flip_crop (batched on the device: the fast default) | timm (timm's
+            create_transform per sample with the arguments in timm_aug, e.g. auto_augment, re_prob).
+        max_per_class_test: cap the test split per class.
+        _target_ (+ kwargs, splits, class_names, image_key, label_key): your own torch Dataset; see
+            :mod:`vpt.data.custom`.
         skip_bad_images: drop unreadable image files (checked before training; one warning with the count)
             instead of stopping at the first, which is named.
     data_config: the backbone's preprocessing (timm ``resolve_data_config``): input_size, mean, std,
@@ -100,6 +105,8 @@ def build_data(data_cfg: Mapping[str, Any], data_config: Mapping[str, Any], seed
         if source is None:
             return None
         augment = spec.augment if split == "train" else "none"
+        if augment == "timm":
+            return TimmAugmentedDataset(source, preprocess, timm_train_transform(preprocess, spec.timm_aug))
         if cache:
             return CachedImageDataset.from_source(source, preprocess, augment, skip_bad=spec.skip_bad_images,
                                                   split=split)

@@ -138,6 +138,10 @@ DATASET_BUILDERS: dict[str, DatasetBuilder] = {
 
 
 def load_splits(spec: DataSpec) -> SourceSplits:
+    if spec.is_custom:  # data._target_: the user's own Dataset; data.name only labels the results
+        from .custom import build_custom
+
+        return build_custom(spec)
     builder = DATASET_BUILDERS.get(spec.name)
     if builder is None:
         raise UnknownNameError("dataset", spec.name, DATASET_BUILDERS)

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-AUGMENTATIONS = ("none", "flip_crop")
+AUGMENTATIONS = ("none", "flip_crop", "timm")
+SPLIT_NAMES = ("train", "val", "test")
 
 
 def plain_mapping(cfg: Any) -> dict[str, Any]:
@@ -41,12 +42,22 @@ class DataSpec:
     val_fraction: float = 0.0
     cache: bool | None = None  # None: cache when the decoded splits fit in memory comfortably
     augment: str = "none"
+    timm_aug: dict[str, Any] | None = None  # augment=timm: arguments of timm.data.create_transform
     max_per_class_test: int | None = None
     skip_bad_images: bool = False  # True: drop unreadable image files (with a warning and a count) instead of stopping
+    # bring your own dataset (vpt.data.custom): `_target_` in the config
+    target: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, Any] | None = None
+    class_names: tuple[str, ...] | None = None
+    image_key: str = "image"
+    label_key: str = "label"
 
     @classmethod
     def from_mapping(cls, cfg: Any) -> "DataSpec":
         values = plain_mapping(cfg)
+        if "_target_" in values:
+            values["target"] = values.pop("_target_")
         if not values.get("name"):
             raise ConfigError("data.name is required, e.g. data.name=digits")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -58,6 +69,9 @@ class DataSpec:
             values["classes"] = tuple(values["classes"])
         if values.get("root") is not None:
             values["root"] = str(values["root"])
+        if values.get("class_names") is not None:
+            values["class_names"] = tuple(str(name) for name in values["class_names"])
+        values["kwargs"] = dict(values.get("kwargs") or {})
         return cls(**values)
 
     def __post_init__(self) -> None:
@@ -69,9 +83,31 @@ class DataSpec:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        self._check_custom()
         if self.num_shots is not None and self.train_size is not None:
             raise ConfigError("data.num_shots and data.train_size both pick the training samples; set only one")
         if not isinstance(self.skip_bad_images, bool):
             raise ConfigError(f"data.skip_bad_images must be true or false, got {self.skip_bad_images!r}")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"data.classes has duplicates: {list(self.classes)}")
+
+    @property
+    def is_custom(self) -> bool:
+        """A dataset built by the config's own ``_target_`` (top level or per split)."""
+        return self.target is not None or self.splits is not None
+
+    def _check_custom(self) -> None:
+        if self.target == "???":  # configs/data/custom.yaml leaves it to the user
+            raise ConfigError("data._target_ is not set: pass your Dataset class or factory, e.g. "
+                              "data._target_=my_project.data.MyDataset (see configs/data/custom.yaml)")
+        if self.splits is None:
+            return
+        if not isinstance(self.splits, dict):
+            raise ConfigError(f"data.splits must map split names ({', '.join(SPLIT_NAMES)}) to arguments, "
+                              f"got {self.splits!r}")
+        unknown = sorted(set(self.splits) - set(SPLIT_NAMES))
+        if unknown:
+            raise ConfigError(f"data.splits has {', '.join(unknown)}; valid split names: {', '.join(SPLIT_NAMES)}")
+        if self.splits.get("train") is None:
+            raise ConfigError("data.splits needs a train entry, e.g. data.splits={train: {split: train}, "
+                              "test: {split: test}}")

@@ -1,24 +1,92 @@
 """Building a run's pieces from the composed config: backbone, input size, optimiser and lr schedule."""
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig
 
-from ..backbones import BackboneAdapter, create_backbone
+from ..backbones import BackboneAdapter, create_backbone, wrap_model
 from ..errors import ConfigError
 from .runtime import to_plain
 
 
 def build_backbone(backbone_cfg: Mapping[str, Any], **task_options: Any) -> BackboneAdapter:
     """``backbone.image_size`` is the one home of the input size: the backbone is built for it. ``task_options``:
-    keyword arguments the task needs (``Task.backbone_options``), under the config's own ``kwargs``."""
+    keyword arguments the task needs (``Task.backbone_options``), under the config's own arguments.
+
+    ``name`` is a timm / open_clip name (``create_backbone``); a ``_target_`` instead builds any module an adapter
+    accepts (``timm.create_model``, your own class), called with the config's other keys. The adapter's ``name``
+    is what results and prompt files record: ``label`` if set, else one that says what the model is.
+    """
     cfg = to_plain(backbone_cfg)
-    kwargs = {**task_options, **(cfg.get("kwargs") or {})}
-    return create_backbone(cfg["name"], pretrained=cfg.get("pretrained", True), image_size=cfg.get("image_size"),
-                           allow_partial_weights=bool(cfg.get("allow_partial_weights", False)), **kwargs)
+    if "_target_" in cfg:
+        adapter = build_target_backbone(cfg, task_options)
+    else:
+        if not cfg.get("name"):
+            raise ConfigError("the backbone config needs a name (e.g. backbone.name=vit_small_patch16_224) or a "
+                              "_target_ that builds the model (see configs/backbone/custom.yaml)")
+        adapter = create_backbone(cfg["name"], pretrained=cfg.get("pretrained", True), image_size=cfg.get("image_size"),
+                                  allow_partial_weights=bool(cfg.get("allow_partial_weights", False)),
+                                  **{**task_options, **(cfg.get("kwargs") or {})})
+    adapter.name = backbone_label(cfg, adapter)
+    return adapter
+
+
+# keys of a `_target_` backbone config that vpt reads itself; the others are the target's arguments
+VPT_BACKBONE_KEYS = ("name", "label", "image_size")
+
+
+def build_target_backbone(cfg: Mapping[str, Any], task_options: Mapping[str, Any] | None = None) -> BackboneAdapter:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    call = {**(task_options or {}), **{key: value for key, value in cfg.items() if key not in VPT_BACKBONE_KEYS}}
+    try:
+        model = instantiate(call, _convert_="all")
+    except InstantiationException as error:
+        raise ConfigError(f"backbone._target_={cfg['_target_']} failed: {error}. Check that it is an importable "
+                          "path (its module on PYTHONPATH) and that the other backbone keys are its arguments"
+                          ) from error
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"backbone._target_={cfg['_target_']} returned a value of type {type(model).__name__}, "
+                          "not a torch module")
+    try:
+        adapter = wrap_model(model, name=cfg.get("name"))
+    except TypeError as error:
+        raise ConfigError(f"backbone._target_={cfg['_target_']}: {error}") from error
+    size = cfg.get("image_size")
+    built = tuple(adapter.data_config()["input_size"][1:])
+    if size and built != (int(size), int(size)):
+        raise ConfigError(f"backbone.image_size={size} but the model built by backbone._target_ takes "
+                          f"{built[0]}x{built[1]} inputs; build it for {size} (e.g. img_size: {size} for timm) or set "
+                          f"backbone.image_size={built[0]}")
+    return adapter  # create_args stay None: a prompt file of it is loaded with the backbone passed in
+
+
+# timm arguments that change a model's shape, so its registry name no longer says what it is
+ARCHITECTURE_KWARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+def backbone_label(cfg: Mapping[str, Any], adapter: BackboneAdapter) -> str:
+    """The name results.json and prompt files record: ``backbone.label``; else the given name, unless
+    arguments reshaped the model, which is then named by its shape (e.g. ``vit_p4_d64_l6_16px``)."""
+    if cfg.get("label"):
+        return str(cfg["label"])
+    name = str(cfg.get("name") or adapter.name)
+    arguments = cfg if "_target_" in cfg else (cfg.get("kwargs") or {})
+    if adapter.supports_token_prompts and set(arguments) & set(ARCHITECTURE_KWARGS):
+        return shape_name(adapter, family=name.rpartition(":")[2].split("_")[0])
+    return name
+
+
+def shape_name(adapter: BackboneAdapter, family: str = "vit") -> str:
+    """``<family>_p<patch>_d<width>_l<depth>_<input>px`` from the built model."""
+    patch_h, patch_w = adapter.patch_size
+    height, width = adapter.data_config()["input_size"][1:]
+    patch = f"{patch_h}" if patch_h == patch_w else f"{patch_h}x{patch_w}"
+    size = f"{height}" if height == width else f"{height}x{width}"
+    return f"{family}_p{patch}_d{adapter.embed_dim}_l{adapter.num_layers}_{size}px"
 
 
 def input_data_config(backbone: BackboneAdapter) -> dict[str, Any]:
@@ -43,25 +111,27 @@ def build_optimizer(optim_cfg: DictConfig, params: list[torch.nn.Parameter], bat
     return make_optimizer(params, lr=lr)
 
 
-SCHEDULE_SHAPES: dict[str, Callable[[float], float]] = {
-    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
-    "constant": lambda progress: 1.0,
-}
+SCHEDULE_SHAPES = ("cosine", "constant")
 
 
 def build_scheduler(optim_cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule: linear warmup over ``warmup_epochs``, then the shape decays to ``min_lr_ratio``."""
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule from torch's own schedulers: linear warmup over ``warmup_epochs`` (factor
+    ``(step + 1) / warmup``), then ``cosine`` decay to ``min_lr_ratio`` or ``constant``."""
+    from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
+
     if optim_cfg.scheduler not in SCHEDULE_SHAPES:
         raise ConfigError(f"optim.scheduler={optim_cfg.scheduler!r}; valid: {', '.join(SCHEDULE_SHAPES)}")
-    shape = SCHEDULE_SHAPES[optim_cfg.scheduler]
     warmup = min(int(round(float(optim_cfg.warmup_epochs) * steps_per_epoch)), max(total_steps - 1, 0))
-    floor = float(optim_cfg.min_lr_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        return floor + (1.0 - floor) * shape(min(progress, 1.0))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if optim_cfg.scheduler == "cosine":
+        floor = float(optim_cfg.min_lr_ratio)
+        # eta_min is absolute: one per param group would need a LambdaLR; vpt builds one group with one lr
+        decay = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup, 1),
+                                  eta_min=floor * optimizer.param_groups[0]["lr"])
+    else:
+        decay = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return decay
+    # LinearLR's factor at step k < W is 1/W + (1 - 1/W) * k / (W - 1) = (k + 1) / W (W = 1: factor 1, one step)
+    ramp = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=max(warmup - 1, 1))
+    return SequentialLR(optimizer, [ramp, decay], milestones=[warmup])

@@ -241,7 +241,7 @@ class Trainer:
         weights = self.files.best / "prompt.safetensors"
         return {
             "status": "completed", "task": self.task.name, "method": self.model.prompt_config.method,
-            "backbone": cfg.backbone.name, "dataset": cfg.data.name, "seed": self.seed,
+            "backbone": self.model.backbone.name, "dataset": cfg.data.name, "seed": self.seed,
             "prompt": self.model.prompt_config.to_dict(), "epochs": self.state.epoch, "best_epoch": self.state.best_epoch,
             **{k: v for k, v in best.items() if k.startswith(("val_", "test_"))},
             "trainable_params": params["trainable"], "total_params": params["total"], "prompt_params": params["prompt"],

@@ -48,9 +48,25 @@ class ClassificationTask(Task):
         model.init_prompts_from_patches(images, generator=torch.Generator().manual_seed(seed))
 
     def training_loss(self, model, batch, trainer_cfg):
+        """Cross-entropy; with ``trainer.mixup`` (timm Mixup/CutMix) soft-target cross-entropy on mixed images.
+        Train accuracy is against the unmixed labels."""
         images, labels = batch
-        logits = model(images).float()
-        loss = F.cross_entropy(logits, labels, label_smoothing=float(trainer_cfg.label_smoothing))
+        smoothing = float(trainer_cfg.label_smoothing)
+        mixup_options = trainer_cfg.get("mixup")
+        if not mixup_options:
+            logits = model(images).float()
+            loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        else:
+            from timm.loss import SoftTargetCrossEntropy
+
+            from ..data.recipes import build_mixup, mix_batch
+
+            options = OmegaConf.to_container(mixup_options, resolve=True) if OmegaConf.is_config(mixup_options) \
+                else dict(mixup_options)
+            mixup = build_mixup(options, num_classes=_num_classes(model), label_smoothing=smoothing)
+            images, targets = mix_batch(mixup, images, labels)
+            logits = model(images).float()
+            loss = SoftTargetCrossEntropy()(logits, targets)
         return loss, len(labels), {"correct": (logits.detach().argmax(dim=1) == labels).sum()}
 
     def epoch_summary(self, sums, seen):
@@ -64,6 +80,13 @@ class ClassificationTask(Task):
         if num_outputs is not None and num_outputs != data.num_classes:
             raise ConfigError(f"the prompt file's head has {num_outputs} classes but data={dataset_name} has "
                               f"{data.num_classes}; evaluate on the dataset (and data.classes) it was trained for")
+
+
+def _num_classes(model) -> int:
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    if not getattr(model, "class_names", None):
+        raise ConfigError("trainer.mixup needs the model's class names to build soft targets")
+    return len(model.class_names)
 
 
 @torch.no_grad()
