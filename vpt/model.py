@@ -321,7 +321,9 @@ def _backbone_for(manifest: dict[str, Any], path, backbone, pretrained: Any):
             raise PromptFileError(f"prompt file {str(path)!r} was made on a user-built backbone instance; "
                                   "pass that backbone: PromptedModel.from_prompt_file(path, backbone=model)")
         weights = locate_recorded_weights(args, path, pretrained)  # a moved weights file is found by name + sha256
-        return create_backbone(args["name"], pretrained=weights, image_size=args.get("image_size"), **args["kwargs"])
+        adapter = create_backbone(args["name"], pretrained=weights, image_size=args.get("image_size"), **args["kwargs"])
+        adapter.name = manifest["backbone"]["name"]  # the name training recorded (e.g. a reshaped ViT's shape name)
+        return adapter
     if isinstance(backbone, str):
         return create_backbone(backbone, pretrained=True if pretrained is None else pretrained)
     return backbone

@@ -108,7 +108,8 @@ class DetectionTask(Task):
 
     def backbone_options(self, backbone_cfg) -> dict[str, Any]:
         # timm ViTs resize their position embeddings for any input size; open_clip towers keep theirs (fixed size)
-        return {} if str(backbone_cfg["name"]).startswith("open_clip:") else {"dynamic_img_size": True}
+        name = str(backbone_cfg.get("name") or backbone_cfg.get("model_name") or "")
+        return {} if name.startswith("open_clip:") or "_target_" in backbone_cfg else {"dynamic_img_size": True}
 
     def build_data(self, data_cfg, data_config, seed):
         size = int(data_cfg.get("image_size") or data_config["input_size"][1])
