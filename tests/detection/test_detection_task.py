@@ -78,3 +78,18 @@ def test_missing_detection_data_root_names_the_option(tmp_path):
     with pytest.raises(vpt.ConfigError, match="data.root"):
         train(config("experiment=pennfudan_detection", "backbone.pretrained=false",
                       f"data.root={tmp_path / 'nowhere'}", *TINY), tmp_path / "run")
+
+
+def test_evaluation_images_keep_their_size_so_boxes_match_the_annotations():
+    """The detector resizes to data.image_size itself and maps boxes back to each image's own pixels, where the
+    ground truth is; an eval transform that resized first would score boxes in the wrong frame (mAP 0)."""
+    from vpt.tasks import get_task
+
+    data_cfg = {"name": "shapes", "format": "shapes", "train_size": 2, "val_size": 2, "test_size": 2,
+                "shapes_size": 64, "image_size": 32}
+    data = get_task("detection").build_data(data_cfg, {"input_size": (3, 16, 16)}, seed=0)
+    image, target = data.test[0]
+    assert tuple(image.shape[-2:]) == (64, 64)
+    assert torch.equal(target["boxes"].as_subclass(torch.Tensor),
+                       torch.tensor(data.test.records[0].boxes, dtype=torch.float32).reshape(-1, 4))
+    assert tuple(data.train[0][0].shape[-2:]) == (32, 32)  # training crops to the detector's size

@@ -73,7 +73,9 @@ def _datasets(data_cfg: dict[str, Any], size: int, seed: int) -> dict[str, Datas
     fmt = data_cfg.get("format")
     train_tf = det.train_transforms(size, data_cfg.get("scale_range", (0.75, 1.25)),
                                     0.5 if data_cfg.get("flip", True) else 0.0)
-    eval_tf = det.eval_transforms(size)
+    # evaluation images keep their size: the detector resizes them itself and maps its boxes back to the image's
+    # own pixels, where the annotations (and the COCO results file) are
+    eval_tf = det.eval_transforms(None)
     if fmt == "shapes":
         make = lambda n, s, tf: det.ShapesDetection(n, image_size=data_cfg.get("shapes_size", 64), seed=s,  # noqa: E731
                                                      max_objects=data_cfg.get("max_objects", 3), transforms=tf)
