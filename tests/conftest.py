@@ -86,3 +86,67 @@ def _one_thread_for_detection(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- image folders whose pixels encode a sample id (tests/test_data.py, the bench tests) ---------------------
+def write_id_image(path, sample_id: int, label: int) -> None:
+    """An 8x8 solid PNG whose red/green channels encode ``sample_id`` (lossless, survives resizing)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (sample_id % 256, sample_id // 256, 40 * label)).save(path)
+
+
+def write_imagefolder(root, classes=("ant", "bee", "cat"), per_class=None):
+    """root/<split>/<class>/<id>.png with globally unique ids, numbered split by split, class by class.
+
+    ``per_class`` maps split -> images per class: one count for every class, or one count per class.
+    """
+    per_class = per_class or {"train": 20, "test": 5}
+    next_id = 0
+    for split, counts in per_class.items():
+        counts = [counts] * len(classes) if isinstance(counts, int) else list(counts)
+        for label, (name, count) in enumerate(zip(classes, counts, strict=True)):
+            for _ in range(count):
+                write_id_image(root / split / name / f"{next_id}.png", next_id, label)
+                next_id += 1
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_imagefolder():
+    """``make_imagefolder(root, classes=..., per_class=...)``: see ``write_imagefolder``."""
+    return write_imagefolder
+
+
+# --- the packaged Hydra configs -------------------------------------------------------------------------------
+def compose_train(overrides=(), config_name: str = "train"):
+    """The config ``vpt-train <overrides>`` would run (vpt's resolvers registered first)."""
+    from hydra import compose, initialize_config_module
+
+    import vpt.cli
+
+    vpt.cli.register_resolvers()
+    with initialize_config_module("vpt.configs", version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def compose_config():
+    """``compose_config(overrides, config_name="train")``: see ``compose_train``."""
+    return compose_train
+
+
+# --- run histories without wall-clock values --------------------------------------------------------------------
+TIMING_KEYS = ("train_seconds", "train_images_per_s", "eval_seconds", "epoch_seconds")
+
+
+def without_timing(rows):
+    """Rows of metrics.jsonl (or results dicts) minus the keys that measure wall-clock time."""
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+@pytest.fixture(scope="session")
+def strip_timing():
+    """``strip_timing(rows)``: see ``without_timing``."""
+    return without_timing

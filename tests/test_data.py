@@ -14,7 +14,9 @@ from PIL import Image
 
 from vpt.data import (CachedImageDataset, DataBundle, DeviceBatchLoader, DeviceDataLoader, LazyImageDataset,
                       build_data, random_resized_crop_flip)
+from vpt.data.sampling import k_shot, stratified_sample
 from vpt.errors import ConfigError, UnknownNameError
+from conftest import write_id_image, write_imagefolder
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 # crop_pct=1 keeps whole solid-colour test images, whose pixels encode a sample id
@@ -25,31 +27,18 @@ def unnormalise(images: torch.Tensor) -> torch.Tensor:
     return images * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
 
 
-def write_id_image(path, sample_id: int, label: int) -> None:
-    """An 8x8 solid PNG whose red/green channels encode ``sample_id`` (lossless, survives resizing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (sample_id % 256, sample_id // 256, 40 * label)).save(path)
-
-
 def sample_ids(dataset: CachedImageDataset) -> list[int]:
     pixels = dataset.images[:, :, 0, 0].long()
     return (pixels[:, 0] + 256 * pixels[:, 1]).tolist()
 
 
-def make_imagefolder(root, classes=("ant", "bee", "cat"), per_class=None):
-    """root/<split>/<class>/<id>.png with globally unique ids; per_class maps split -> images per class."""
-    per_class = per_class or {"train": 20, "test": 5}
-    next_id = 0
-    for split, count in per_class.items():
-        for label, name in enumerate(classes):
-            for _ in range(count):
-                write_id_image(root / split / name / f"{next_id}.png", next_id, label)
-                next_id += 1
-    return root
+# tests/test_bench.py imports make_imagefolder from here; new tests use the conftest fixture of that name
+make_imagefolder = write_imagefolder
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, make_imagefolder):
+    """train/: ant ids 0-19, bee 20-39, cat 40-59; test/: ids 60-74."""
     return make_imagefolder(tmp_path_factory.mktemp("folder"))
 
 
@@ -105,6 +94,41 @@ def test_k_shot_is_exact_and_seeded():
         build_data({"name": "digits", "num_shots": 3, "train_size": 30}, DATA_CONFIG)
 
 
+def test_k_shot_draws_distinct_images_of_their_class(folder):
+    # 12 of a class's 20 images: drawn with replacement, some image would repeat (P(no repeat) = 20!/(8! 20^12) < 0.1%)
+    bundle = build_data({"name": "imagefolder", "root": str(folder), "num_shots": 12}, DATA_CONFIG, seed=0)
+    ids, labels = sample_ids(bundle.train), bundle.train.labels.tolist()
+    assert len(ids) == 36 and len(set(ids)) == 36
+    assert torch.bincount(bundle.train.labels).tolist() == [12, 12, 12]
+    assert all(20 * label <= i < 20 * (label + 1) for i, label in zip(ids, labels))  # class c holds ids 20c..20c+19
+
+
+def test_stratified_quota_on_uneven_classes(tmp_path, make_imagefolder):
+    root = make_imagefolder(tmp_path, per_class={"train": (7, 5, 3)})  # ant ids 0-6, bee 7-11, cat 12-14
+
+    def sized(count, seed=0):
+        bundle = build_data({"name": "imagefolder", "root": str(root), "train_size": count}, DATA_CONFIG, seed=seed)
+        return torch.bincount(bundle.train.labels).tolist(), sample_ids(bundle.train)
+
+    for seed in (0, 1):
+        # 6 of 15: exact shares 2.8 / 2.0 / 1.2 -> floors 2/2/1; the leftover slot goes to the largest remainder (ant)
+        counts, ids = sized(6, seed)
+        assert counts == [3, 2, 1] and len(set(ids)) == 6
+        # 14 of 15: shares 6.53 / 4.67 / 2.8 -> floors 6/4/2; the two leftover slots go to cat (.8) and bee (.67),
+        # so every bee and cat image is drawn and one ant image is left out
+        counts, ids = sized(14, seed)
+        assert counts == [6, 5, 3] and len(set(ids)) == 14 and set(range(7, 15)) <= set(ids)
+
+
+def test_samplers_take_every_index_when_asked_for_all():
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2, 0])
+    rng = np.random.default_rng(0)
+    assert stratified_sample(labels, len(labels), rng).tolist() == list(range(10))
+    # classes 1 and 2 have exactly 3 images, so 3 shots take all of them, and 3 distinct of class 0's four
+    picked = k_shot(labels, 3, rng).tolist()
+    assert len(picked) == len(set(picked)) == 9 and {0, 2, 4, 5, 7, 8} <= set(picked)
+
+
 # --- VTAB-1k style sizes on a train/test dataset -----------------------------------------------------------
 def test_train_val_sizes_are_disjoint_stratified_and_seeded(folder):
     def sized(seed, **extra):
@@ -131,7 +155,7 @@ def test_train_val_sizes_are_disjoint_stratified_and_seeded(folder):
 
 
 # --- file layouts ------------------------------------------------------------------------------------------
-def test_imagefolder_without_split_folders_and_class_names(tmp_path):
+def test_imagefolder_without_split_folders_and_class_names(tmp_path, make_imagefolder):
     root = make_imagefolder(tmp_path, classes=("zebra", "ant"), per_class={"train": 2})
     bundle = build_data({"name": "imagefolder", "root": str(root / "train"), "classes": ["zebra"]}, DATA_CONFIG)
     assert bundle.class_names == ["zebra"] and bundle.val is None and bundle.test is None
