@@ -4,7 +4,6 @@ import torch
 
 import vpt
 from vpt import PromptBank, PromptConfig, PromptedModel
-from conftest import tiny_vit
 
 
 def _task(vit, method, classes, **kw):
@@ -15,8 +14,8 @@ def _task(vit, method, classes, **kw):
     return model.eval()
 
 
-def test_mixed_batch_equals_each_task_alone(tmp_path):
-    vit = tiny_vit()
+def test_mixed_batch_equals_each_task_alone(tmp_path, tiny_vit_factory):
+    vit = tiny_vit_factory()
     tasks = {
         "deep10": _task(vit, "deep", 5, length=10),
         "deep3": _task(vit, "deep", 3, length=3),
@@ -41,8 +40,8 @@ def test_mixed_batch_equals_each_task_alone(tmp_path):
         assert torch.isinf(logits[i, c:]).all()
 
 
-def test_tasks_added_and_removed_at_run_time():
-    vit = tiny_vit()
+def test_tasks_added_and_removed_at_run_time(tiny_vit_factory):
+    vit = tiny_vit_factory()
     bank = PromptBank(vit)
     a, b = _task(vit, "deep", 3, length=4), _task(vit, "deep", 3, length=4)
     bank.add_task("a", a)
@@ -58,9 +57,9 @@ def test_tasks_added_and_removed_at_run_time():
     torch.testing.assert_close(bank(x, ["a", "a"]), first, rtol=0, atol=0)
 
 
-def test_bank_refuses_other_backbones_and_full_finetuning(tmp_path):
-    bank = PromptBank(tiny_vit())
-    other = _task(tiny_vit(), "deep", 3, length=4)
+def test_bank_refuses_other_backbones_and_full_finetuning(tmp_path, tiny_vit_factory):
+    bank = PromptBank(tiny_vit_factory())
+    other = _task(tiny_vit_factory(), "deep", 3, length=4)
     other.save_prompt(tmp_path / "other")
     with pytest.raises(vpt.PromptFileError, match="made for backbone"):
         bank.add_task("other", tmp_path / "other")

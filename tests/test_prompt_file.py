@@ -7,7 +7,6 @@ import torch
 
 import vpt
 from vpt import PromptConfig, PromptedModel
-from conftest import tiny_vit
 
 
 @pytest.fixture
@@ -54,8 +53,8 @@ def test_roundtrip_on_fresh_backbone_is_exact_and_small(tmp_path, backbone_file)
     assert fresh.class_names == names
 
 
-def test_load_into_existing_model_and_shape_mismatch(tmp_path):
-    vit = tiny_vit()
+def test_load_into_existing_model_and_shape_mismatch(tmp_path, tiny_vit_factory):
+    vit = tiny_vit_factory()
     model = _trained(PromptedModel(vit, PromptConfig("deep", length=4), num_classes=3))
     model.save_prompt(tmp_path / "p")
     same = PromptedModel(vit, PromptConfig("deep", length=4), num_classes=3).load_prompt(tmp_path / "p").eval()
@@ -67,17 +66,28 @@ def test_load_into_existing_model_and_shape_mismatch(tmp_path):
         other.load_prompt(tmp_path / "p")
 
 
-def test_file_for_another_backbone_is_refused(tmp_path):
-    model = PromptedModel(tiny_vit(), PromptConfig("deep", length=4), num_classes=3)
+def test_file_for_another_backbone_is_refused(tmp_path, tiny_vit_factory):
+    model = PromptedModel(tiny_vit_factory(), PromptConfig("deep", length=4), num_classes=3)
     model.save_prompt(tmp_path / "p")
-    other_weights = tiny_vit()  # same architecture, other weights
+    other_weights = tiny_vit_factory()  # same architecture, other weights
     with pytest.raises(vpt.PromptFileError, match="was made for backbone"):
         PromptedModel.from_prompt_file(tmp_path / "p", backbone=other_weights)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "manifest", "missing"])
-def test_corrupt_or_truncated_file_gives_one_clear_error(tmp_path, damage):
-    model = PromptedModel(tiny_vit(), PromptConfig("deep", length=4), num_classes=3)
+# each damage gets its own message, naming the broken part and what to do about it
+DAMAGE_MESSAGES = {
+    "truncate": r"prompt weights '.*prompt\.safetensors' are truncated or corrupt .*re-save them or pick another checkpoint",
+    "garbage": r"prompt weights '.*prompt\.safetensors' are truncated or corrupt .*re-save them or pick another checkpoint",
+    "manifest": r"prompt manifest '.*prompt\.json' is not valid JSON .*the file is corrupt, re-save it",
+    "missing": r"prompt file part '.*prompt\.safetensors' is missing; pass the directory written by save_prompt",
+    "other_save": r"prompt weights '.*prompt\.safetensors' do not match their manifest .*come from different saves",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE_MESSAGES))
+def test_corrupt_or_truncated_file_gives_one_clear_error(tmp_path, damage, tiny_vit_factory):
+    vit = tiny_vit_factory()
+    model = PromptedModel(vit, PromptConfig("deep", length=4), num_classes=3)
     out = model.save_prompt(tmp_path / "p")
     weights = out / "prompt.safetensors"
     if damage == "truncate":
@@ -86,21 +96,23 @@ def test_corrupt_or_truncated_file_gives_one_clear_error(tmp_path, damage):
         weights.write_bytes(b"\x00" * 64)
     elif damage == "manifest":
         (out / "prompt.json").write_text("{not json")
-    else:
+    elif damage == "missing":
         weights.unlink()
-    with pytest.raises(vpt.PromptFileError) as info:
+    else:  # the weights of another save (6 prompt tokens) next to this save's manifest (4)
+        other = PromptedModel(vit, PromptConfig("deep", length=6), num_classes=3).save_prompt(tmp_path / "other")
+        weights.write_bytes((other / "prompt.safetensors").read_bytes())
+    with pytest.raises(vpt.PromptFileError, match=DAMAGE_MESSAGES[damage]):
         model.load_prompt(out)
-    assert any(word in str(info.value) for word in ("corrupt", "truncated", "missing"))
 
 
-def test_pixel_prompt_and_bias_files(tmp_path):
-    vit = tiny_vit()
+def test_pixel_prompt_and_bias_files(tmp_path, tiny_vit_factory):
+    vit = tiny_vit_factory()
     pad = _trained(PromptedModel(vit, PromptConfig("pad", size=4), num_classes=3))
     pad.save_prompt(tmp_path / "pad")
     again = PromptedModel.from_prompt_file(tmp_path / "pad", backbone=vit).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(again(x), pad(x))
-    bias = PromptedModel(tiny_vit(), PromptConfig("bias"), num_classes=3)
+    bias = PromptedModel(tiny_vit_factory(), PromptConfig("bias"), num_classes=3)
     keys = set(bias.trainable_state_dict())
     assert keys and all(k.endswith("bias") or k.startswith("head.") for k in keys)
