@@ -37,10 +37,15 @@ def test_walkthrough_trains_saves_and_serves_tasks_from_one_bank(tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     printed = "\n".join(execute(NOTEBOOKS / "walkthrough.ipynb", tmp_path))
 
+    # After 3 of the notebook's 30 epochs the three methods reach 61 / 71 / 74 % on digits 5-9 (measured, seed 0;
+    # 82 / 90 / 95 % after 30). 50 % is 2.5x chance (20 %) with 10 points of room for CPU numerics: a method that
+    # stops learning fails it, as does one that only reaches chance.
     for method in ("linear", "deep", "pad"):
         assert (tmp_path / method / "last" / "prompt.safetensors").is_file()
         accuracy = float(re.search(rf"^{method}\s+([\d.]+)%", printed, re.M).group(1))
-        assert accuracy > 20.0, printed  # 5 classes: chance is 20 %
+        assert accuracy >= 50.0, printed
+    all_digits = float(re.search(r"all ten digits, VPT-deep with 20 tokens: test top-1 ([\d.]+)%", printed).group(1))
+    assert all_digits >= 50.0, printed  # measured 72 % after 3 epochs; 10 classes: chance is 10 %
     # the deep prompt file: 10 tokens for each of the 6 blocks, plus the head, and no backbone tensors
     assert re.search(r"token_prompts\.embeddings\s+\(6, 10, 64\)", printed), printed
     assert "backbone." not in printed.split("classes:")[1].split("all ten digits")[0]
