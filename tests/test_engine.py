@@ -101,7 +101,9 @@ def test_epoch_seeds_are_pinned_and_do_not_depend_on_history():
     # Pinned values: an epoch's data order and augmentation come from derive_seed(seed, epoch), so a change here
     # silently changes every run's numbers (and a run resumed across the change would mix two orders)
     assert [derive_seed(0, 0), derive_seed(0, 3), derive_seed(1, 0)] == [2968811710, 2613022947, 1835504127]
-    torch.manual_seed(5), np.random.seed(5), random.seed(5)  # global RNG use before does not matter
+    torch.manual_seed(5)  # global RNG use before does not matter
+    np.random.seed(5)
+    random.seed(5)
     assert derive_seed(0, 3) == 2613022947
     assert len({derive_seed(s, e) for s in range(3) for e in range(50)}) == 150
 
