@@ -27,6 +27,7 @@ from .runtime import resolve_device
 log = logging.getLogger(__name__)
 TIMEOUT_ENV = "VPT_DIST_TIMEOUT_MIN"  # minutes a rank waits in a collective (others wait while rank 0 evaluates)
 DEFAULT_TIMEOUT_MIN = 60
+_OWN_GROUP = False  # whether init_distributed made the process group
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ def init_distributed(device_name: str) -> tuple[DistContext, torch.device]:
     device = resolve_device(device_name, local_rank=context.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    global _OWN_GROUP
     if not dist.is_initialized():
+        _OWN_GROUP = True  # shut down by shutdown(); a group the caller made stays theirs
         minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=minutes))
     if not context.is_main:  # only rank 0 logs; the others still say what went wrong
@@ -84,8 +87,11 @@ def init_distributed(device_name: str) -> tuple[DistContext, torch.device]:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    """Leave the process group init_distributed joined (not one the caller set up)."""
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
         dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 def check_global_batch(batch_size: int, context: DistContext) -> None:
