@@ -62,11 +62,25 @@ def context_from_env(env: Mapping[str, str] | None = None) -> DistContext:
     return DistContext(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
 
 
+def export_slurm_ranks() -> bool:
+    """``hydra/launcher=slurm`` with several tasks (tasks_per_node / nodes > 1): each submitit task is one rank;
+    write its rank, world size and rendezvous address into torchrun's variables. Nothing when torchrun set them."""
+    if "RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm" \
+            or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # each rank picks cuda:LOCAL_RANK
+    return True
+
+
 def init_distributed(device_name: str) -> tuple[DistContext, torch.device]:
-    """This process's rank and device; under torchrun also joins the process group (once per process).
+    """This process's rank and device; under torchrun (or a multi-task Slurm job of the submitit launcher)
+    also joins the process group (once per process).
 
     Each rank uses ``cuda:LOCAL_RANK`` on GPUs (backend NCCL), else the CPU (backend gloo).
     """
+    export_slurm_ranks()
     context = context_from_env()
     if not context.enabled:
         return context, resolve_device(device_name)
