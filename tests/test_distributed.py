@@ -150,6 +150,26 @@ def test_sharded_device_loader_splits_the_unsharded_batches():
     assert ranks[1].shard_weight == pytest.approx(2 * 3 / 6)  # last batch: 6 images, shards of 3
 
 
+def test_sharded_dataloader_ranks_split_one_permutation_per_epoch():
+    from torch.utils.data import TensorDataset
+
+    from vpt.data.loaders import DeviceDataLoader
+
+    dataset = TensorDataset(torch.zeros(21, 1), torch.arange(21))
+    ranks = [DeviceDataLoader(dataset, 8, shuffle=True, seed=5).sharded(rank, 2) for rank in range(2)]
+    epochs = []
+    for epoch in range(2):
+        for loader in ranks:
+            loader.reseed(100 + epoch)
+        batches = list(zip(*[[labels for _, labels in loader] for loader in ranks]))
+        assert [(len(a), len(b)) for a, b in batches] == [(4, 4), (4, 4), (3, 2)]
+        order = torch.cat([torch.cat(pair) for pair in batches])
+        assert sorted(order.tolist()) == list(range(21))  # both ranks drew the same permutation: no image twice
+        epochs.append(order)
+    assert not torch.equal(*epochs)  # a new order each epoch
+    assert ranks[1].shard_weight == pytest.approx(2 * 2 / 5)
+
+
 class _IdentityPreprocess:
     def prepare_batch(self, images, augment, generator):
         return images.float()
