@@ -7,9 +7,13 @@ state from which ``trainer.resume=true`` continues.
 
 Reproducibility: every epoch reseeds the data order, augmentation and torch RNG from (seed, epoch), so a
 run resumed after a kill ends with exactly the metrics of an uninterrupted run on the same device.
+
+Multi-process (``torchrun --nproc_per_node=N vpt-train ...``): see :mod:`.distributed`; ``trainer.batch_size``
+is the global batch, rank 0 alone evaluates and writes the files above.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,10 +29,10 @@ from ..errors import ConfigError, VptError
 from ..files import RunLock, atomic_write, check_run_dir
 from ..loggers import RunFiles, Tracker
 from ..tasks import get_task, limited
-from . import checkpoints
+from . import checkpoints, distributed
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
 from .console import format_metrics, progress_bar
-from .runtime import autocast_for, configure_cpu, derive_seed, resolve_device, seed_everything, to_plain
+from .runtime import autocast_for, configure_cpu, derive_seed, seed_everything, to_plain
 from .validate import check_run_config
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,9 @@ class NonFiniteLossError(VptError, FloatingPointError):
 
 def reseed_loader(loader: Any, seed: int) -> None:
     """Reseed the generator that drives a vpt.data loader's shuffling and augmentation."""
+    if hasattr(loader, "reseed"):  # vpt loaders; a sharded one also reseeds its per-rank augmentation
+        loader.reseed(seed)
+        return
     generator = getattr(loader, "generator", None)  # DeviceBatchLoader
     if generator is None:
         generator = loader.loader.generator  # DeviceDataLoader wraps a torch DataLoader
@@ -65,18 +72,24 @@ class Trainer:
         self.files = RunFiles(output_dir)
         self.seed = int(cfg.seed)
         seed_everything(self.seed)
-        self.device = resolve_device(self.trainer_cfg.device)
+        self.dist, self.device = distributed.init_distributed(self.trainer_cfg.device)
         configure_cpu(self.trainer_cfg, self.device)
         self.autocast = autocast_for(self.trainer_cfg.precision, self.device)
 
         backbone = build_backbone(cfg.backbone, **self.task.backbone_options(cfg.backbone))
         self.data = self.task.build_data(to_plain(cfg.data), input_data_config(backbone), self.seed)
         self.model = self.task.build_model(cfg, backbone, self.data).to(self.device)
-        self.forward = torch.compile(self.model) if self.trainer_cfg.compile else self.model
+        compile_model = torch.compile if self.trainer_cfg.compile else (lambda module: module)
+        self.forward = compile_model(distributed.wrap_model(self.model, self.dist, self.device))
+        # evaluation runs on rank 0 alone: never through DDP, whose collectives would wait for the other ranks
+        self.eval_forward = compile_model(self.model) if self.dist.enabled else self.forward
 
-        batch_size = int(self.trainer_cfg.batch_size)
+        batch_size = int(self.trainer_cfg.batch_size)  # the global batch: lr scaling and steps per epoch use it
+        distributed.check_global_batch(batch_size, self.dist)
         self.loaders = self.data.loaders(batch_size, num_workers=int(self.trainer_cfg.num_workers), device=self.device,
                                          seed=self.seed, eval_batch_size=self.trainer_cfg.eval_batch_size)
+        self.init_loader = self.loaders["train"]  # whole global batches: prompt init alike on every rank
+        self.loaders["train"] = distributed.shard_loader(self.loaders["train"], self.dist)
         self.steps_per_epoch = num_batches(self.loaders["train"], self.trainer_cfg.limit_train_batches)
         if self.steps_per_epoch == 0:
             raise ConfigError("the training split is empty; check data.classes / data.num_shots / data.train_size")
@@ -103,20 +116,22 @@ class Trainer:
         if changed:
             log.warning("resuming with a changed config (%s); results may differ from an uninterrupted run",
                         ", ".join(changed[:8]))
-        self.files.write_history(self.state.history)  # drop rows of an epoch that did not finish saving
+        if self.dist.is_main:
+            self.files.write_history(self.state.history)  # drop rows of an epoch that did not finish saving
         log.info("resumed from %s after epoch %d/%d", path, self.state.epoch, self.trainer_cfg.epochs)
         return True
 
     # -- loop ----------------------------------------------------------------------------------------------
     def init_prompts(self) -> None:
-        reseed_loader(self.loaders["train"], derive_seed(self.seed, 1 << 20))
-        self.task.init_prompts(self.model, self.loaders["train"], self.seed)
+        reseed_loader(self.init_loader, derive_seed(self.seed, 1 << 20))
+        self.task.init_prompts(self.model, self.init_loader, self.seed)
 
     def train_step(self, batch) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
         with self.autocast():
             loss, count, sums = self.task.training_loss(self.forward, batch, self.trainer_cfg)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        weight = getattr(self.loaders["train"], "shard_weight", 1.0)  # unequal shards: mean over the global batch
+        (loss * weight if weight != 1.0 else loss).backward()
         if self.trainer_cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, float(self.trainer_cfg.grad_clip))
         self.optimizer.step()
@@ -127,9 +142,11 @@ class Trainer:
         cfg, total = self.trainer_cfg, self.steps_per_epoch
         epoch_seed = derive_seed(self.seed, epoch)
         reseed_loader(self.loaders["train"], epoch_seed)
-        torch.manual_seed(epoch_seed)  # prompt dropout, random patch placement, lazy-dataset augmentation
+        # prompt dropout, random patch placement, lazy-dataset augmentation: a stream per rank under torchrun
+        torch.manual_seed(derive_seed(epoch_seed, self.dist.rank) if self.dist.enabled else epoch_seed)
         self.model.train()
-        progress = progress_bar(total, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress_bar)
+        progress = progress_bar(total, f"epoch {epoch + 1}/{cfg.epochs}",
+                                enabled=cfg.progress_bar if self.dist.is_main else False)
         # running sums stay on the device; the host reads them every SYNC_EVERY steps (progress bar, NaN check)
         # rather than every step, so a GPU never waits on the Python loop
         sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=self.device)}
@@ -141,16 +158,19 @@ class Trainer:
                 sums[key] = sums.get(key, 0) + value
             seen += count
             if (step + 1) % SYNC_EVERY == 0 or step + 1 == total:
-                self._check_finite(sums["loss"].item() / seen, epoch, step, progress)
-                summary = self.task.epoch_summary({k: float(v) for k, v in sums.items()}, seen)
+                # summed over ranks: every rank takes the same NaN decision at the same step
+                totals, seen_all = distributed.sum_over_ranks(sums, seen, self.dist, self.device)
+                self._check_finite(totals["loss"] / seen_all, epoch, step, progress)
+                summary = self.task.epoch_summary(totals, seen_all)
                 elapsed = time.perf_counter() - start
                 progress.set_postfix({k.removeprefix("train_"): f"{v:.4g}" for k, v in summary.items()},
-                                     img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+                                     img_s=f"{seen_all / max(elapsed, 1e-9):.0f}", refresh=False)
                 progress.update(step + 1 - shown)
                 shown = step + 1
         progress.close()
         seconds = time.perf_counter() - start
-        return {**self.task.epoch_summary({k: float(v) for k, v in sums.items()}, seen), "train_images": seen,
+        seen = seen_all  # images of all ranks
+        return {**self.task.epoch_summary(totals, seen), "train_images": seen,
                 "train_seconds": seconds, "train_images_per_s": seen / max(seconds, 1e-9),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
@@ -168,7 +188,7 @@ class Trainer:
         metrics = {}
         for split in splits:
             if split in self.loaders:
-                result = self.task.evaluate(self.forward, self.loaders[split], self.data, self.autocast,
+                result = self.task.evaluate(self.eval_forward, self.loaders[split], self.data, self.autocast,
                                             self.trainer_cfg.limit_eval_batches, split, self.files.dir)
                 metrics.update({f"{split}_{key}": value for key, value in result.items()})
         return metrics
@@ -198,10 +218,17 @@ class Trainer:
             self.model.save_prompt(self.files.best, **extra)
 
     def fit(self) -> dict[str, Any]:
-        atomic_write(self.files.config, portable_config_yaml(self.cfg))  # weights file by name + sha256
-        resumed = bool(self.trainer_cfg.resume) and self.load_resume_state()
+        """Train all epochs and finish; under torchrun the other ranks train alongside rank 0 and return {}."""
+        main = self.dist.is_main
+        if main:
+            atomic_write(self.files.config, portable_config_yaml(self.cfg))  # weights file by name + sha256
+        resumed = bool(self.trainer_cfg.resume) and self.load_resume_state()  # every rank: the same state
         if not resumed:
             self.init_prompts()
+        if not main:
+            for epoch in range(self.state.epoch, int(self.trainer_cfg.epochs)):
+                self.train_epoch(epoch)
+            return {}
         if "val" not in self.loaders:
             log.info("no val split: best/ is the last epoch (set data.val_fraction to select by val)")
         elif self.data.val_in_train:
@@ -214,7 +241,7 @@ class Trainer:
             results = self.finish()
             failed = False
             return results
-        except NonFiniteLossError as error:
+        except NonFiniteLossError as error:  # raised on every rank alike (sums over ranks)
             self.files.write_results({**self.summary(), "status": "failed", "error": str(error)})
             raise
         finally:
@@ -284,7 +311,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[
     """Run the experiment in ``cfg``; returns the contents of results.json.
 
     One process per run dir (a lock), and never over another run's results: ``trainer.resume`` continues the run
-    there (true / auto / a run dir), ``trainer.overwrite=true`` moves its results aside first.
+    there (true / auto / a run dir), ``trainer.overwrite=true`` moves its results aside first. Under torchrun
+    rank 0 holds the lock and the other ranks use its run dir; they return {}.
     """
     check_run_config(cfg)  # before the run dir is locked or checked: a bad value never moves results aside
     resume = cfg.trainer.resume
@@ -293,6 +321,13 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[
     elif isinstance(resume, str):
         resume = RESUME_FLAGS[resume.lower()]
     output_dir = Path(output_dir or cfg.output_dir)
-    with RunLock(output_dir):
-        check_run_dir(output_dir, resume=bool(resume), overwrite=bool(cfg.trainer.get("overwrite", False)))
-        return Trainer(cfg, output_dir).fit()
+    context, device = distributed.init_distributed(cfg.trainer.device)
+    try:
+        with RunLock(output_dir) if context.is_main else contextlib.nullcontext():
+            if context.is_main:  # rank 0 alone owns the run dir; the others wait here until it is checked
+                check_run_dir(output_dir, resume=bool(resume), overwrite=bool(cfg.trainer.get("overwrite", False)))
+            # rank 0's dir on every rank (Hydra's timestamped run dir can differ by a second between ranks)
+            output_dir = Path(distributed.broadcast_text(str(output_dir), context, device))
+            return Trainer(cfg, output_dir).fit()
+    finally:
+        distributed.shutdown()

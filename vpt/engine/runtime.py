@@ -1,4 +1,6 @@
-"""Runtime setup of a run: device, CPU threads and allocator, precision (autocast), seeds."""
+"""Runtime setup of a run: device, CPU threads and allocator, precision (autocast), seeds.
+
+Multi-process (torchrun) setup is :mod:`.distributed` (``init_distributed``), which picks the device here."""
 from __future__ import annotations
 
 import contextlib
@@ -30,10 +32,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``trainer.device``; ``local_rank`` (torchrun) picks ``cuda:local_rank`` for auto / cuda."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if local_rank is not None and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
     return device

@@ -48,21 +48,51 @@ class DetectionData:
 
 class DetectionLoader:
     """Lists of images and targets on the device; ``generator`` drives shuffling and augmentation (reseeded per
-    epoch by the loop)."""
+    epoch by the loop). ``sharded(rank, world_size)``: one torchrun rank's slice of every batch."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, device, seed: int) -> None:
+    shard_weight = 1.0  # this rank's loss weight for the batch last yielded (1.0 unsharded)
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, device, seed: int,
+                 shard: tuple[int, int] | None = None) -> None:
+        from ..data.loaders import ShardedBatchSampler, shard_weights
         from ..detection import collate_detection
+        from ..engine.runtime import derive_seed
 
-        self.generator = torch.Generator().manual_seed(seed)
+        self.options = (dataset, batch_size, shuffle, num_workers, device, seed)
         self.device = torch.device(device)
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        self.sampler, self.weights = None, []
+        if shard is None:
+            self.generator = torch.Generator().manual_seed(seed)
+            self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                                     collate_fn=collate_detection, generator=self.generator)
+            return
+        rank, world_size = shard  # same global batches on every rank (sampler), augmentation seeds per rank
+        self.sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle, rank, world_size,
+                                           torch.Generator().manual_seed(seed))
+        self.weights = shard_weights(len(dataset), batch_size, rank, world_size)
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, rank))
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,
                                  collate_fn=collate_detection, generator=self.generator)
+
+    def sharded(self, rank: int, world_size: int) -> "DetectionLoader":
+        return DetectionLoader(*self.options, shard=(rank, world_size))
+
+    def reseed(self, seed: int) -> None:
+        from ..engine.runtime import derive_seed
+
+        if self.sampler is None:
+            self.generator.manual_seed(seed)
+            return
+        self.sampler.generator.manual_seed(seed)
+        self.generator.manual_seed(derive_seed(seed, self.sampler.rank))
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        for images, targets in self.loader:
+        for step, (images, targets) in enumerate(self.loader):
+            if self.sampler is not None:
+                self.shard_weight = self.weights[step]
             yield ([image.to(self.device, non_blocking=True) for image in images],
                    [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets])
 
