@@ -60,7 +60,7 @@ def test_sbatch_script_asks_for_requeue_and_the_warning_signal(submitted):
 
 def test_a_requeued_job_repeats_the_same_call(submitted):
     """submitit requeues what the launcher's checkpoint() returns: the same overrides and job number, hence the same
-    run dir <sweep dir>/<job number>, where trainer.resume=auto finds resume.pt."""
+    run dir <sweep dir>/<job number>, where trainer.resume=auto finds its resume state (resume.safetensors + resume.json)."""
     launcher, (first, second) = submitted["function"], submitted["calls"]
     assert first[0] == ["prompt=shallow", "trainer.resume=auto"] and first[2] == 0 and second[2] == 1
     requeued = launcher.checkpoint(*first)
