@@ -17,7 +17,8 @@ The same as `vpt-tune experiment=cifar10_transfer prompt=<method> backbone.pretr
 method's lr grid> tune.seeds=[0,1,2] tune.out=<out>/<method>` per method, run side by side. vpt-tune's reuse rules
 hold: a finished run is reused when it was made from the same vpt-train arguments and source weights (by digest,
 tune_run.json), an interrupted one resumes, and one made otherwise is moved aside, so an interrupted study
-continues where it stopped. Run folders: <out>/pretrain, <out>/<method>/search/lr<lr>, <out>/<method>/final/lr<lr>_seed<s>.
+continues where it stopped. Run folders: <out>/pretrain, <out>/<method>/search/lr<lr>,
+<out>/<method>/final/lr<lr>_seed<s>.
 """
 from __future__ import annotations
 
@@ -132,7 +133,8 @@ def parse_args() -> argparse.Namespace:
                         help="skip the per-method learning-rate search on val; use each grid's middle value")
     parser.add_argument("--max-extend", type=int, default=2,
                         help="how many times a method's lr grid may grow past an edge that holds the best val score")
-    parser.add_argument("overrides", nargs="*", help="extra vpt-train overrides for every run, e.g. trainer.device=cuda")
+    parser.add_argument("overrides", nargs="*",
+                        help="extra vpt-train overrides for every run, e.g. trainer.device=cuda")
     return parser.parse_args()
 
 

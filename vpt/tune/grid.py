@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -199,7 +199,3 @@ def at_edge(grid: Grid, scores: Mapping[Point, float | None]) -> list[str]:
     """The extendable keys whose pick still sits at an edge of the searched range (worth a warning)."""
     return [key for point in next_points(grid, scores) for key, old, new in zip(grid.keys, best_point(grid, scores),
                                                                                   point) if old != new]
-
-
-def describe(grid: Grid, points: Iterable[Point]) -> list[dict[str, Any]]:
-    return [grid.as_dict(point) for point in points]

@@ -117,9 +117,10 @@ class HydraLauncherRunner:
             return
         with HYDRA_LOCK:
             returns = self._launch([[*run.args, f"hydra.sweep.subdir={run.label}", *RUN_SETTINGS] for run in runs])
-        for run, job in zip(runs, returns):
+        jobs = list(returns) + [None] * (len(runs) - len(returns))  # a launcher that returned early: no job
+        for run, job in zip(runs, jobs):
             if not (run.dir / RESULTS_FILE).is_file():
-                error = _job_error(job)
+                error = _job_error(job) if job is not None else "not run"
                 raise TuneRunError(f"the {run.label} job stopped without results in {run.dir} ({error!r}); see "
                                    f"{run.dir / 'train.log'}. Fix the cause and run the same command again: finished "
                                    "runs are reused, this one resumes.")

@@ -158,7 +158,8 @@ class Protocol:
         grid = self.settings.grid
         label = f"{stage}/{grid.folder(point)}" + (f"_seed{seed}" if stage == "final" else "")
         # ++: the key may be missing from a data config that has no val split of its own (digits)
-        args = [*self.task_args, *grid.overrides(point), f"seed={seed}", f"++{STAGE_DATA_KEY}={str(on_trainval).lower()}"]
+        split = f"++{STAGE_DATA_KEY}={str(on_trainval).lower()}"
+        args = [*self.task_args, *grid.overrides(point), f"seed={seed}", split]
         return TrainRun(label, self.settings.out / label, args, point=point, seed=seed)
 
     def execute(self, runs: list[TrainRun], stage: str) -> None:

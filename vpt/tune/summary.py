@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ConfigError
 from ..files import atomic_write_json
-from .grid import best_point, at_edge
+from .grid import at_edge, best_point
 
 if TYPE_CHECKING:
     from .launch import TrainRun
