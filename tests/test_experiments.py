@@ -1,11 +1,17 @@
-"""Logic of the experiment scripts that decides what they report (no training, no shared data)."""
+"""Logic of the experiment scripts that decides what they report (no training, no shared data).
+
+The transfer study is a call of vpt-tune per method; the search, pick and reuse rules are tested in test_tune.py."""
 import importlib.util
+import json
 import math
 from pathlib import Path
 
 import pytest
 
+from vpt.tune import TrainRun, TuneResult, best_point, search
+
 ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "experiments" / "results" / "cifar10_transfer"
 
 
 def _load(name: str):
@@ -20,85 +26,70 @@ def study():
     return _load("cifar10_transfer_study")
 
 
-class _SerialPool:
-    map = staticmethod(lambda fn, jobs: [fn(job) for job in jobs])
+def test_committed_table_is_what_the_study_writes_from_its_summary(study):
+    rows = json.loads((COMMITTED / "summary.json").read_text())["rows"]
+    assert study.table_text(rows) + "\n" == (COMMITTED / "table.md").read_text()
 
 
-def _peaked_at(best: float):
-    """A val score that falls off with the distance in log(lr) from ``best``."""
-    return lambda method, lr: 70.0 - abs(math.log(lr / best))
+def test_the_lr_search_extends_the_methods_grid_as_the_committed_study_did(study):
+    """full fine-tuning's committed search: 0.002 was best of 1e-4, 5e-4, 2e-3, so 0.008 was tried (ratio 4)."""
+    committed = json.loads((COMMITTED / "summary.json").read_text())["rows"]
+    val = {row["method"]: {float(lr): acc for lr, acc in row["val_top1_by_lr"].items()} for row in committed}
+    for method, by_lr in val.items():
+        grid = study.lr_grid(method, search=True)
+        scores = search(grid, lambda points, m=method: {p: val[m][p[0]] for p in points}, max_extend=2)
+        assert sorted(lr for (lr,) in scores) == sorted(by_lr), method  # the same runs, no more, no fewer
+        assert best_point(grid, scores) == (next(r["base_lr"] for r in committed if r["method"] == method),)
 
 
-def test_lr_search_extends_past_an_edge_until_the_best_is_inside(study):
-    calls = []
-
-    def score(method, lr):
-        calls.append((method, lr))
-        return _peaked_at(0.03)(method, lr)
-
-    scores = study.search_learning_rates({"deep": [0.5, 2.0, 8.0], "full": [1e-4, 5e-4, 2e-3]}, score, _SerialPool(), 3)
-    # deep: 0.5 is best of the grid, so 0.125, then 0.0312 (best), then 0.00779 shows 0.0312 is inside
-    assert sorted(scores["deep"]) == [0.00779, 0.0312, 0.125, 0.5, 2.0, 8.0]
-    assert study.best_lr(scores["deep"]) == 0.0312
-    # full's grid tops out at 2e-3 < 0.03: it grows upwards
-    assert sorted(scores["full"])[-1] > 2e-3
-    assert len(calls) == len(set(calls))  # no lr is trained twice
+def _result(study, method, lrs_scores, pick, tests):
+    grid = study.lr_grid(method, search=True)
+    finals = [TrainRun(f"final/s{s}", Path("."), [], seed=s,
+                       results={"test_top1": acc, "trainable_params": 645, "prompt_file_bytes": 2812,
+                                "train_seconds": 60.0 + s}) for s, acc in enumerate(tests)]
+    return TuneResult(Path("."), grid, "val_top1", {(lr,): v for lr, v in lrs_scores.items()}, (pick,), [], finals)
 
 
-def test_lr_search_stops_after_max_extend_and_keeps_inside_best(study):
-    scores = study.search_learning_rates({"pad": [0.5, 2.0, 8.0]}, _peaked_at(1000.0), _SerialPool(), 1)
-    assert sorted(scores["pad"]) == [0.5, 2.0, 8.0, 32.0]
-    assert study.next_lrs(scores["pad"], 1) == [128.0]  # still at the edge: the study warns
-    inside = study.search_learning_rates({"linear": [0.5, 2.0, 8.0]}, _peaked_at(2.0), _SerialPool(), 2)
-    assert sorted(inside["linear"]) == [0.5, 2.0, 8.0]
+def test_a_row_is_the_mean_and_sample_std_of_the_final_runs(study):
+    row = study.row_of("linear", _result(study, "linear", {8.0: 68.5, 0.5: 68.5, 2.0: 70.0}, 2.0, [66.0, 66.2, 66.6]))
+    assert row["base_lr"] == 2.0 and list(row["val_top1_by_lr"]) == [0.5, 2.0, 8.0]
+    assert row["test_top1_mean"] == pytest.approx(66.2666, abs=1e-3)
+    assert row["test_top1_std"] == pytest.approx(math.sqrt(((66.0 - 66.2667) ** 2 + (66.2 - 66.2667) ** 2
+                                                            + (66.6 - 66.2667) ** 2) / 2), abs=1e-3)
+    assert row["train_seconds_mean"] == pytest.approx(61.0)
+    line = "| linear probe | 66.3 ± 0.3 | 2 (0.5: 68.5, 2: 70.0, 8: 68.5) | 645 | 2.7 KiB | 61 s |"
+    assert line in study.table_text([row])
 
 
-def test_lr_ties_go_to_the_smaller_lr(study):
-    assert study.best_lr({2.0: 65.5, 0.5: 65.5, 8.0: 65.0}) == 0.5
+def test_the_study_tunes_every_method_with_its_grid_and_shared_runner(study, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "cifar10" / "train").mkdir(parents=True)
+    calls = {}
 
+    def fake_train_once(args, run_dir, runner):
+        assert args[:2] == ["experiment=cifar10_pretrain", "trainer.epochs=40"]
+        return {"test_top1": 70.1, "train_seconds": 1.0}
 
-class _FakeVptTrain:
-    """Stands in for the vpt-train subprocess: records each command and writes results.json unless told to fail."""
+    def fake_tune(args, runner, **options):
+        method = args[1].split("=")[1]
+        calls[method] = (args, options, runner)
+        grid = options["grid"]
+        return _result(study, method, {lr: 60.0 for lr in grid.params["optim.base_lr"]},
+                       grid.params["optim.base_lr"][1], [60.0, 61.0, 62.0])
 
-    def __init__(self):
-        self.commands, self.fail = [], False
-
-    def __call__(self, cmd, check, cwd):
-        self.commands.append(cmd)
-        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
-        if self.fail:
-            raise RuntimeError("killed")
-        (run_dir / "results.json").write_text(f'{{"val_top1": {len(self.commands)}}}')
-
-
-def test_study_reuses_only_runs_of_the_same_settings_and_source(study, tmp_path, monkeypatch):
-    fake = _FakeVptTrain()
-    monkeypatch.setattr(study.subprocess, "run", fake)
-    run_dir = tmp_path / "search" / "deep_lr0.5"
-    args = ["experiment=cifar10_transfer", "prompt=deep", "backbone.pretrained=/here/w.safetensors"]
-    assert study.vpt_train(args, run_dir, "aaa") == {"val_top1": 1}
-    assert study.vpt_train(args, run_dir, "aaa") == {"val_top1": 1} and len(fake.commands) == 1  # reused
-    # the source is known by its digest: the same weights at another path (a moved folder) are still reused
-    moved = [*args[:2], "backbone.pretrained=/elsewhere/w.safetensors"]
-    assert study.vpt_train(moved, run_dir, "aaa") == {"val_top1": 1} and len(fake.commands) == 1
-    # a re-trained source (other weights) or other arguments: the old run is moved aside, never reused
-    assert study.vpt_train(args, run_dir, "bbb") == {"val_top1": 2}
-    assert study.vpt_train([*args, "trainer.epochs=5"], run_dir, "bbb") == {"val_top1": 3}
-    stale = sorted(p.name for p in run_dir.parent.iterdir() if p.name != run_dir.name)
-    assert len(stale) == 2 and all(name.startswith("deep_lr0.5.stale-") for name in stale)
-    # an interrupted run of the same settings continues in place (vpt-train resumes from its resume.pt)
-    other = tmp_path / "runs" / "deep_seed1"
-    fake.fail = True
-    with pytest.raises(RuntimeError):
-        study.vpt_train(args, other, "bbb")
-    fake.fail = False
-    assert study.vpt_train(args, other, "bbb") == {"val_top1": 5}
-    assert "trainer.resume=true" in fake.commands[-1] and list(other.parent.iterdir()) == [other]
-
-
-def test_file_digest_changes_with_the_weights(study, tmp_path):
-    weights = tmp_path / "w.safetensors"
-    weights.write_bytes(b"a" * 3_000_000)
-    first = study.file_digest(weights)
-    weights.write_bytes(b"a" * 2_999_999 + b"b")
-    assert study.file_digest(weights) != first and len(first) == 64
+    monkeypatch.setattr(study, "train_once", fake_train_once)
+    monkeypatch.setattr(study, "tune", fake_tune)
+    monkeypatch.setattr("sys.argv", ["study", "--data-root", str(data), "--out", str(tmp_path / "out"), "--jobs", "2",
+                                     "trainer.device=cpu"])
+    study.main()
+    assert sorted(calls) == sorted(study.METHODS)
+    args, options, runner = calls["full"]
+    assert args == ["experiment=cifar10_transfer", "prompt=full",
+                    f"backbone.pretrained={tmp_path / 'out' / 'pretrain' / 'cifar_vit_source.safetensors'}",
+                    "trainer.epochs=25", "optim=adamw", "optim.lr_scaling=none", "logger=csv", "trainer.device=cpu"]
+    assert options["grid"].params == {"optim.base_lr": [0.0001, 0.0005, 0.002]}
+    assert options["seeds"] == [0, 1, 2] and options["search_seed"] == 0 and options["out"] == tmp_path / "out" / "full"
+    assert len({id(call[2]) for call in calls.values()}) == 1 and runner.jobs == 2  # one pool of 2 for all methods
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.count("| 61.0 ± 1.0 |") == 5
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["source_test_top1"] == 70.1
