@@ -68,7 +68,7 @@ def test_lr_follows_scaling_warmup_then_cosine_to_the_floor(lr_scaling, min_lr_r
     expected = [cosine_lr(step, peak, warmup=20, total=100, floor=min_lr_ratio) for step in range(100)]
     assert lrs == pytest.approx(expected, rel=1e-9)
     # hand-worked points: warmup starts at peak / 20, the middle of the decay sits halfway between peak and floor
-    assert lrs[0] == pytest.approx(peak / 20) and lrs[19] == lrs[20] == pytest.approx(peak)
+    assert lrs[0] == pytest.approx(peak / 20) and lrs[19] == pytest.approx(peak) and lrs[20] == pytest.approx(peak)
     assert lrs[60] == pytest.approx(peak * (1 + min_lr_ratio) / 2)
     assert min(lrs[20:]) > peak * min_lr_ratio - 1e-12 and lrs[-1] == pytest.approx(peak * min_lr_ratio, abs=3e-3 * peak)
 

@@ -80,7 +80,8 @@ DAMAGE_MESSAGES = {
     "garbage": r"prompt weights '.*prompt\.safetensors' are truncated or corrupt .*re-save them or pick another checkpoint",
     "manifest": r"prompt manifest '.*prompt\.json' is not valid JSON .*the file is corrupt, re-save it",
     "missing": r"prompt file part '.*prompt\.safetensors' is missing; pass the directory written by save_prompt",
-    "other_save": r"prompt weights '.*prompt\.safetensors' do not match their manifest .*come from different saves",
+    "other_save": r"'.*prompt\.safetensors' and '.*prompt\.json' come from different saves \(save id .*\); "
+                  r"copy both files of one save together",
 }
 
 
