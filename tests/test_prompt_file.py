@@ -80,8 +80,8 @@ DAMAGE_MESSAGES = {
     "garbage": r"prompt weights '.*prompt\.safetensors' are truncated or corrupt .*re-save them or pick another checkpoint",
     "manifest": r"prompt manifest '.*prompt\.json' is not valid JSON .*the file is corrupt, re-save it",
     "missing": r"prompt file part '.*prompt\.safetensors' is missing; pass the directory written by save_prompt",
-    # the two files of a save share a save id: a pair from two saves is named as such, both files named
-    "other_save": r"'.*prompt\.safetensors' and '.*prompt\.json' come from different saves \(save id",
+    "other_save": r"'.*prompt\.safetensors' and '.*prompt\.json' come from different saves \(save id .*\); "
+                  r"copy both files of one save together",
 }
 
 
