@@ -19,7 +19,6 @@ Writes experiments/results/pennfudan/: table.md, summary.json, boxes.png (VPT-de
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vpt.files import file_sha256
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {  # label -> vpt-train overrides (the source weights are added for all but the floor)
     "floor (random-init encoder, frozen)": ["prompt=linear", "backbone.pretrained=false"],
@@ -37,14 +38,6 @@ SETTINGS = {  # label -> vpt-train overrides (the source weights are added for a
     "full fine-tuning": ["prompt=full"],
 }
 METRICS = ("test_map", "test_ap50", "test_ap75", "test_ar100")
-
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def vpt_train(args: list[str], run_dir: Path, record: dict) -> dict:
@@ -86,7 +79,7 @@ def main() -> None:
         sys.exit(f"pennfudan_study: no Penn-Fudan data at {data}; pass --data-root (the folder holding pennfudan/)")
     if not source.is_file():
         sys.exit(f"pennfudan_study: no source weights at {source}; pass --source (a digits_vit weights file)")
-    source_digest = digest(source)
+    source_digest = file_sha256(source)
     jobs = []
     for label, overrides in SETTINGS.items():
         uses_source = "backbone.pretrained=false" not in overrides

@@ -231,7 +231,7 @@ def save_state(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], met
         from safetensors.torch import save_file
 
         save_file(plain, str(tmp), metadata={"format": STATE_FORMAT, "save_id": save_id})
-        digest["sha256"] = _sha256(tmp)
+        digest["sha256"] = file_sha256(tmp)
 
     atomic_write(tensors_path, write_tensors)
     record = {"format": STATE_FORMAT, "save_id": save_id, "tensors_file": tensors_path.name,
@@ -248,7 +248,7 @@ def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             raise ResumeStateError(f"resume state part {str(part)!r} is missing (incomplete state): {RESTART_FIX}")
     record = _read_record(meta_path)
     tensors = _read_tensors(tensors_path, record["save_id"])
-    if _sha256(tensors_path) != record["tensors_sha256"]:
+    if file_sha256(tensors_path) != record["tensors_sha256"]:
         raise ResumeStateError(f"resume state {str(tensors_path)!r} does not match the sha256 in {meta_path.name}: "
                                f"it is corrupt; {RESTART_FIX}")
     try:
@@ -285,7 +285,8 @@ def _read_tensors(tensors_path: Path, save_id: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (weights, resume states, run records)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

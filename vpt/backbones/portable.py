@@ -7,13 +7,13 @@ absolute path keep loading.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import files
 from ..errors import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     real = os.path.realpath(path)
     stat = os.stat(real)
     key = (real, stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(real, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
+    if key not in _DIGESTS:  # each file hashed once per content version
+        _DIGESTS[key] = files.file_sha256(real)
     return _DIGESTS[key]
 
 

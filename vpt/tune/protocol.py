@@ -23,7 +23,8 @@ from ..errors import ConfigError
 from . import grid as grids
 from .grid import Grid, Point
 from .launch import HYDRA_LOCK, HydraLauncherRunner, SubprocessRunner, TrainRun
-from .records import (REUSE, file_sha256, is_launch_setting, override_key, prepare_run_dir, read_results,
+from ..files import file_sha256
+from .records import (REUSE, is_launch_setting, override_key, prepare_run_dir, read_results,
                       run_record, weights_file)
 from .summary import write_reports
 

@@ -7,7 +7,6 @@ file, if the run loads one. A run dir whose record matches is reused when it has
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -35,14 +34,6 @@ def is_launch_setting(arg: str) -> bool:
     return arg.lstrip("+~").startswith(("hydra.", "hydra/"))
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weights_file(pretrained: Any) -> Path | None:
     """The local weights file ``backbone.pretrained`` names, or None (random init, a hub tag, ``true``)."""
     if not isinstance(pretrained, (str, os.PathLike)) or isinstance(pretrained, bool):
@@ -64,20 +55,20 @@ def run_record(args: Sequence[str], weights_sha256: str | None) -> dict[str, Any
     return {"args": kept, "weights_sha256": weights_sha256}
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
+def _read_json_object(path: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads((run_dir / RUN_RECORD).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    return _read_json_object(run_dir / RUN_RECORD)
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        results = json.loads((run_dir / RESULTS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return results if isinstance(results, dict) else None
+    return _read_json_object(run_dir / RESULTS_FILE)
 
 
 def move_aside(run_dir: Path) -> Path:
