@@ -115,6 +115,9 @@ def test_sweep_runs_every_combination(tmp_path):
     assert len(runs) == 4
     seen = {(r["method"], r["prompt"]["length"]) for r in map(lambda p: json.loads(p.read_text()), runs)}
     assert seen == {("shallow", 1), ("shallow", 3), ("deep", 1), ("deep", 3)}
+    # each run's log says which of the sweep's 4 runs it is (Hydra numbers the run folders from 0)
+    for number in range(4):
+        assert f"run {number + 1}/4 epoch 1/" in (sweep / str(number) / "train.log").read_text()
 
 
 def test_optuna_search_runs_and_reports_the_best_trial(tmp_path):

@@ -10,10 +10,12 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig, OmegaConf
 
 from vpt.cli import quiet_plugin_loggers
 from vpt.engine.console import PlainProgress, progress_bar, progress_mode
 from vpt.errors import ConfigError
+from vpt.sweep import sweep_size
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -95,6 +97,7 @@ def test_sweep_prints_no_alembic_lines(sweep_output):
 def test_redirected_run_has_no_carriage_returns(sweep_output):
     stdout, stderr, _ = sweep_output
     assert "epoch 1/1" in stdout  # the epoch summary line
+    assert "run 1/2 epoch 1/1" in stdout and "run 2/2 epoch 1/1" in stdout  # which trial of n_trials=2
     assert "\r" not in stdout + stderr
 
 
@@ -121,3 +124,22 @@ def test_vpt_bench_imports_only_main_dependencies():
         distributions = {d.lower().replace("_", "-") for d in providers.get(module, [module])}
         assert distributions & declared, f"vpt-bench imports {module} ({distributions}), not a main dependency"
     assert "psutil" in modules  # the memory probe, the import that used to fail
+
+
+def _multirun_config(target: str, task: list[str], **sweeper) -> DictConfig:
+    return OmegaConf.create({"hydra": {"sweeper": {"_target_": target, **sweeper}, "overrides": {"task": task}}})
+
+
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@pytest.mark.parametrize("target, task, sweeper, expected", [
+    (BASIC, ["prompt=shallow,deep", "prompt.length=1,5,10", "seed=0"], {}, 6),  # 2 x 3 grid, seed fixed
+    (BASIC, ["seed=0"], {}, 1),
+    (BASIC, ["prompt=shallow,deep"], {"params": {"optim.base_lr": "0.1,1,10"}}, 6),  # config params x command line
+    (BASIC, ["prompt.length=range(1,4)"], {}, 3),
+    ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", [], {"n_trials": 7}, 7),
+    ("my_plugins.RandomSweeper", ["prompt.length=1,2"], {}, None),  # a sweeper we cannot count
+])
+def test_sweep_size_counts_the_jobs_hydra_will_launch(target, task, sweeper, expected):
+    assert sweep_size(_multirun_config(target, task, **sweeper)) == expected

@@ -28,6 +28,7 @@ from ..backbones.portable import portable_config_yaml
 from ..errors import ConfigError, VptError
 from ..files import RunLock, atomic_write, check_run_dir
 from ..loggers import RunFiles, Tracker
+from ..sweep import run_position
 from ..tasks import get_task, limited
 from . import checkpoints, distributed
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
@@ -75,6 +76,8 @@ class Trainer:
         self.dist, self.device = distributed.init_distributed(self.trainer_cfg.device)
         configure_cpu(self.trainer_cfg, self.device)
         self.autocast = autocast_for(self.trainer_cfg.precision, self.device)
+        position = run_position()  # "run 3/12 " in a multirun: which job of the sweep these lines belong to
+        self.run_prefix = f"{position} " if position else ""
 
         backbone = build_backbone(cfg.backbone, **self.task.backbone_options(cfg.backbone))
         self.data = self.task.build_data(to_plain(cfg.data), input_data_config(backbone), self.seed)
@@ -145,7 +148,7 @@ class Trainer:
         # prompt dropout, random patch placement, lazy-dataset augmentation: a stream per rank under torchrun
         torch.manual_seed(derive_seed(epoch_seed, self.dist.rank) if self.dist.enabled else epoch_seed)
         self.model.train()
-        progress = progress_bar(total, f"epoch {epoch + 1}/{cfg.epochs}",
+        progress = progress_bar(total, f"{self.run_prefix}epoch {epoch + 1}/{cfg.epochs}",
                                 enabled=cfg.progress_bar if self.dist.is_main else False)
         # running sums stay on the device; the host reads them every SYNC_EVERY steps (progress bar, NaN check)
         # rather than every step, so a GPU never waits on the Python loop
@@ -260,7 +263,8 @@ class Trainer:
         self.files.write_history(self.state.history)
         self.save_resume_state()  # last: a kill before this point replays the epoch identically
         self.tracker.log_metrics(self.state.history[-1], step=epoch + 1)
-        log.info("epoch %d/%d  %s", epoch + 1, self.trainer_cfg.epochs, format_metrics(row, self.task.summary_keys))
+        log.info("%sepoch %d/%d  %s", self.run_prefix, epoch + 1, self.trainer_cfg.epochs,
+                 format_metrics(row, self.task.summary_keys))
 
     def summary(self) -> dict[str, Any]:
         cfg, params = self.cfg, self.model.param_summary()
@@ -288,7 +292,8 @@ class Trainer:
         self.tracker.log_summary(results)
         if self.trainer_cfg.export_backbone:
             checkpoints.export_backbone(self.model, self.trainer_cfg.export_backbone)
-        log.info("results: %s  (%s)", format_metrics(results, self.task.summary_keys), self.files.results)
+        log.info("%sresults: %s  (%s)", self.run_prefix, format_metrics(results, self.task.summary_keys),
+                 self.files.results)
         return results
 
 
