@@ -2,7 +2,10 @@
 
 1. The source backbone: the quickstart's digits ViT (`vpt/assets/digits_vit.safetensors`, 0.3M parameters, 4 px
    patches, trained from scratch by vpt on scikit-learn digits 0-4: `vpt-train experiment=digits_pretrain`; no hub
-   weights are reachable offline). --source takes another weights file of the same architecture.
+   weights are reachable offline). --source takes another weights file, with --backbone naming its config, e.g.
+   the CIFAR-10 transfer study's source ViT (natural images; `vpt-train experiment=cifar10_pretrain`):
+       python experiments/pennfudan_study.py --jobs 2 --backbone cifar_vit --out experiments/results/pennfudan_cifar \
+           --source experiments/results/cifar10_transfer/pretrain/cifar_vit_source.safetensors
 2. Penn-Fudan (the fixed 120 / 50 split of vpt.detection.pennfudan), `experiment=pennfudan_detection`: Faster
    R-CNN on a ViTDet pyramid from the frozen encoder, with
    - frozen: the encoder frozen, pyramid + detector trained (`prompt=linear`),
@@ -14,7 +17,7 @@
     python experiments/pennfudan_study.py --jobs 2    # reads ../shared/data/pennfudan (--data-root / VPT_SHARED_DATA)
 
 A finished run is reused when it was made from the same vpt-train arguments and source weights (study_run.json).
-Writes experiments/results/pennfudan/: table.md, summary.json, boxes.png (VPT-deep, seed 0, a test image).
+Writes experiments/results/pennfudan/ (--out): table.md, summary.json, boxes.png (VPT-deep, seed 0, a test image).
 """
 from __future__ import annotations
 
@@ -68,7 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=os.environ.get("VPT_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--source", default=str(ROOT / "vpt/assets/digits_vit.safetensors"),
-                        help="source backbone weights (default: the digits ViT, made by vpt-train experiment=digits_pretrain)")
+                        help="source backbone weights (default: the digits ViT of experiment=digits_pretrain)")
+    parser.add_argument("--backbone", default=None, help="the backbone config the source weights fit, for every run "
+                        "and the random-init floor (default: the experiment's, digits_vit)")
     parser.add_argument("--out", default=str(ROOT / "experiments/results/pennfudan"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one CPU thread each)")
@@ -78,13 +83,14 @@ def main() -> None:
     if not (data / "PNGImages").is_dir():
         sys.exit(f"pennfudan_study: no Penn-Fudan data at {data}; pass --data-root (the folder holding pennfudan/)")
     if not source.is_file():
-        sys.exit(f"pennfudan_study: no source weights at {source}; pass --source (a digits_vit weights file)")
+        sys.exit(f"pennfudan_study: no source weights at {source}; pass --source (weights that fit --backbone)")
     source_digest = file_sha256(source)
     jobs = []
     for label, overrides in SETTINGS.items():
         uses_source = "backbone.pretrained=false" not in overrides
         for seed in args.seeds:
-            run_args = ["experiment=pennfudan_detection", *overrides, f"seed={seed}", f"data.root={data}",
+            backbone = [f"backbone={args.backbone}"] if args.backbone else []
+            run_args = ["experiment=pennfudan_detection", *backbone, *overrides, f"seed={seed}", f"data.root={data}",
                         "trainer.cpu_threads=1", "trainer.progress_bar=false", "logger=csv", *args.extra]
             if uses_source:
                 run_args.append(f"backbone.pretrained={source}")
@@ -100,8 +106,8 @@ def main() -> None:
         cells = [mean_std([r[m] for r, _ in runs]) for m in METRICS]
         seconds = statistics.mean(r["train_seconds"] for r, _ in runs)
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {runs[0][0]['trainable_params']:,} | {seconds:.0f} s |")
-        summary["runs"] += [{"setting": label, **{k: r[k] for k in ("seed", "trainable_params", "train_seconds", *METRICS)}}
-                            for r, _ in runs]
+        keys = ("seed", "trainable_params", "train_seconds", *METRICS)
+        summary["runs"] += [{"setting": label, **{k: r[k] for k in keys}} for r, _ in runs]
     table = ("| setting | test mAP | AP50 | AP75 | AR@100 | trainable params | train time |\n"
              "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     out.mkdir(parents=True, exist_ok=True)
