@@ -56,7 +56,9 @@ def test_detection_prompt_files_are_refused_where_they_do_not_fit(tmp_path):
         vpt.PromptBank(backbone).add_task("boxes", run / "best")
 
 
-def test_pennfudan_experiment_composes_and_trains_a_step(tmp_path):
+@pytest.mark.parametrize("backbone, backbone_name", [(None, "vit_p4_d64_l6_16px"),  # the experiment's digits ViT
+                                                    ("cifar_vit", "vit_p4_d128_l6_32px")])  # the study's --backbone cifar_vit
+def test_pennfudan_experiment_composes_and_trains_a_step(tmp_path, backbone, backbone_name):
     from vpt.detection.io import png_bytes
 
     root = tmp_path / "PennFudanPed"
@@ -68,9 +70,10 @@ def test_pennfudan_experiment_composes_and_trains_a_step(tmp_path):
         (root / "Annotation" / f"{name}.txt").write_text(
             f'Image size (X x Y x C) : 48 x 40 x 3\n'
             f'Bounding box for object 1 "PASpersonWalking" (Xmin, Ymin) - (Xmax, Ymax) : (5, 4) - (20, 36)\n')
-    results = train(config("experiment=pennfudan_detection", "backbone.pretrained=false", f"data.root={root}",
+    chosen = [f"backbone={backbone}"] if backbone else []
+    results = train(config("experiment=pennfudan_detection", *chosen, "backbone.pretrained=false", f"data.root={root}",
                            "data.image_size=32", *TINY), tmp_path / "run")
-    assert results["train_size"] == 120 and results["dataset"] == "pennfudan"
+    assert results["train_size"] == 120 and results["dataset"] == "pennfudan" and results["backbone"] == backbone_name
     assert "test_map" in results
 
 
