@@ -100,7 +100,9 @@ def main() -> None:
             jobs.append((label, seed, run_args, out / "runs" / f"{slug}_seed{seed}", record))
     with ThreadPoolExecutor(args.jobs) as pool:
         finished = list(pool.map(lambda job: (job[0], job[1], vpt_train(job[2], job[3], job[4]), job[3]), jobs))
-    rows, summary = [], {"source_sha256": source_digest, "runs": []}
+    # what made these numbers: the source file (name and digest), its backbone config and the extra overrides
+    rows, summary = [], {"source": source.name, "source_sha256": source_digest,
+                         "backbone": args.backbone or "digits_vit", "overrides": list(args.extra), "runs": []}
     for label in SETTINGS:
         runs = [(r, d) for lab, _, r, d in finished if lab == label]
         cells = [mean_std([r[m] for r, _ in runs]) for m in METRICS]
