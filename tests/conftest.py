@@ -150,3 +150,26 @@ def without_timing(rows):
 def strip_timing():
     """``strip_timing(rows)``: see ``without_timing``."""
     return without_timing
+
+
+# --- Slurm submission, stopped before sbatch ----------------------------------------------------------------------
+@pytest.fixture
+def slurm_submissions(tmp_path, monkeypatch):
+    """A dict that fills with what submitit's real Slurm executor was asked to submit (``executor``, ``function``,
+    ``calls``: one tuple of arguments per array job); nothing reaches sbatch."""
+    import submitit
+
+    captured = {}
+    fake_bin = tmp_path / "bin"  # submitit's Slurm executor only checks that srun exists; nothing is run
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+
+    class SubmitNothing(submitit.AutoExecutor):
+        def map_array(self, function, *arguments):
+            captured.update(executor=self._executor, function=function, calls=list(zip(*arguments)))
+            return []
+
+    monkeypatch.setattr(submitit, "AutoExecutor", SubmitNothing)
+    return captured

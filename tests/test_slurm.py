@@ -1,5 +1,4 @@
 """hydra/launcher=slurm: jobs are requeued on timeout / preemption and come back to the same run dir."""
-import os
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -24,29 +23,14 @@ def test_slurm_launcher_composes_with_the_requeue_fields():
 
 
 @pytest.fixture
-def submitted(tmp_path, monkeypatch):
+def submitted(tmp_path, slurm_submissions):
     """Launch a 2-job sweep through the real launcher and submitit's real Slurm executor, stopping at submission."""
-    import submitit
-
-    captured = {}
-    fake_bin = tmp_path / "bin"  # submitit's Slurm executor only checks that srun exists; nothing is run
-    fake_bin.mkdir()
-    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (fake_bin / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-
-    class SubmitNothing(submitit.AutoExecutor):
-        def map_array(self, function, *arguments):
-            captured.update(executor=self._executor, function=function, calls=list(zip(*arguments)))
-            return []
-
-    monkeypatch.setattr(submitit, "AutoExecutor", SubmitNothing)
     cfg = compose_sweep(["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     launcher = instantiate(cfg.hydra.launcher)
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
     launcher.launch([["prompt=shallow", "trainer.resume=auto"], ["prompt=deep", "trainer.resume=auto"]],
                     initial_job_idx=0)
-    return captured
+    return slurm_submissions
 
 
 def test_sbatch_script_asks_for_requeue_and_the_warning_signal(submitted):

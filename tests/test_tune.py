@@ -275,36 +275,21 @@ def test_a_run_without_results_stops_the_tuning_with_its_log(tmp_path, fake_vpt_
         SubprocessRunner(executable=fake_vpt_train).run([run])
 
 
-def test_slurm_launcher_gets_one_job_per_run_in_the_tune_dir(tmp_path, monkeypatch):
+def test_slurm_launcher_gets_one_job_per_run_in_the_tune_dir(tmp_path, slurm_submissions):
     """Through hydra/launcher=slurm (submitit stopped at submission, as in test_slurm.py): every run of the batch
     becomes one array job whose overrides place it in <tune dir>/<run label> and resume it there."""
-    import submitit
-
     from vpt.tune import HydraLauncherRunner
 
-    captured = {}
-    fake_bin = tmp_path / "bin"  # submitit's Slurm executor only checks that srun exists
-    fake_bin.mkdir()
-    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (fake_bin / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-
-    class SubmitNothing(submitit.AutoExecutor):
-        def map_array(self, function, *arguments):
-            captured.update(folder=self._executor.folder, calls=list(zip(*arguments)))
-            return []
-
-    monkeypatch.setattr(submitit, "AutoExecutor", SubmitNothing)
     out = tmp_path / "tune"
     runs = [TrainRun(f"search/lr{lr}", out / "search" / f"lr{lr}", ["prompt=deep", f"{LR}={lr}"]) for lr in (1, 2)]
     runner = HydraLauncherRunner(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], out)
     with pytest.raises(TuneRunError, match="search/lr1 job stopped without results"):
         runner.run(runs)  # nothing ran: submission was stopped
-    overrides = [call[0] for call in captured["calls"]]
+    overrides = [call[0] for call in slurm_submissions["calls"]]
     assert overrides == [["prompt=deep", f"{LR}={lr}", f"hydra.sweep.subdir=search/lr{lr}", "trainer.resume=true",
                           "trainer.progress_bar=false"] for lr in (1, 2)]
-    assert [call[2] for call in captured["calls"]] == [0, 1]  # job numbers
-    assert str(captured["folder"]).startswith(str(out / ".submitit"))
+    assert [call[2] for call in slurm_submissions["calls"]] == [0, 1]  # job numbers
+    assert str(slurm_submissions["executor"].folder).startswith(str(out / ".submitit"))
 
 
 def test_vpt_tune_help_and_a_bad_option(capsys):
