@@ -85,11 +85,11 @@ def main() -> None:
     if not source.is_file():
         sys.exit(f"pennfudan_study: no source weights at {source}; pass --source (weights that fit --backbone)")
     source_digest = file_sha256(source)
+    backbone = [f"backbone={args.backbone}"] if args.backbone else []
     jobs = []
     for label, overrides in SETTINGS.items():
         uses_source = "backbone.pretrained=false" not in overrides
         for seed in args.seeds:
-            backbone = [f"backbone={args.backbone}"] if args.backbone else []
             run_args = ["experiment=pennfudan_detection", *backbone, *overrides, f"seed={seed}", f"data.root={data}",
                         "trainer.cpu_threads=1", "trainer.progress_bar=false", "logger=csv", *args.extra]
             if uses_source:

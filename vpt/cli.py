@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbones.portable import RecordedWeightsNotFoundError
 from .errors import ConfigError, VptError, WeightsUnavailableError
+from .sweep import in_multirun
 
 CONFIG_PATH = "pkg://vpt.configs"  # the packaged configs/, so the commands work from any directory
 USER_ERROR_EXIT_CODE = 2
@@ -55,18 +56,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(name, resolver, replace=True)
 
 
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def _search_scores_on_trained_val(cfg: DictConfig) -> bool:
     """A hyper-parameter search (not a grid) scoring on val while val is part of the training set."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not _in_multirun():
+    if not in_multirun():
         return False
     sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
     metric = str(cfg.get("optimized_metric") or "")
@@ -79,7 +73,7 @@ def exit_on_user_error(program: str):
     try:
         yield
     except VptError as error:
-        if _in_multirun():
+        if in_multirun():
             log.error("%s", error)
             raise
         print(f"{program}: error: {error}", file=sys.stderr)

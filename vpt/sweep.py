@@ -11,12 +11,8 @@ import logging
 import os
 from typing import Any
 
+from hydra.experimental.callback import Callback  # its hooks do nothing unless overridden
 from omegaconf import DictConfig
-
-try:  # Hydra >= 1.1; the base class only supplies no-op hooks
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object  # type: ignore[misc,assignment]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +53,19 @@ class SweepSize(Callback):
             os.environ.pop(SWEEP_SIZE_ENV, None)
 
 
-def run_position() -> str:
-    """``run 3/12`` in the third job of a 12-job multirun (``run 3`` when the size is unknown); "" outside one."""
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``, a sweeper, vpt-tune's launcher)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_position() -> str:
+    """``run 3/12`` in the third job of a 12-job multirun (``run 3`` when the size is unknown); "" outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not in_multirun():
         return ""
     number = int(HydraConfig.get().job.num) + 1
     size = os.environ.get(SWEEP_SIZE_ENV)
