@@ -127,13 +127,14 @@ class PromptedModel(nn.Module):
         count as the method's ("prompt") parameters, the backbone's own ones as backbone parameters."""
         self._backbone_own = frozenset(name for name, _ in self.backbone.named_parameters())
         if not self.method.modifies_backbone:
+            self.method.attach(self)
             return
-        attached = getattr(self.backbone, "_vpt_attached", None)
+        attached = getattr(self.backbone.model, "_vpt_attached", None)
         if attached is not None:
             raise ConfigError(f"this backbone already carries the modules of prompt={attached} (another PromptedModel "
                               f"was built on it); build prompt={self.prompt_config.method} on a fresh backbone")
         self.method.attach(self)
-        self.backbone._vpt_attached = self.prompt_config.method
+        self.backbone.model._vpt_attached = self.prompt_config.method  # on the library model: it outlives adapters
         self.backbone.fast_path = False  # the fast prompted block reproduces the plain block only
 
     def _resolve_head(self, head: nn.Module | None, num_classes: int | None) -> nn.Module:

@@ -112,6 +112,11 @@ class BackboneAdapter(nn.Module):
             return remove_prompts(tokens, self.num_prefix_tokens, prompt_length), 0
         return tokens, prompt_length
 
+    def tail_modules(self) -> list[nn.Module]:
+        """The modules after the last block that ``finish`` runs (final norm, attention pool); Partial-k trains them
+        with the last k blocks, as VPT's ``partial-k`` trains the encoder norm."""
+        return []
+
     @property
     def pools_first_token(self) -> bool:
         """True if ``finish``'s pooled feature reads only the first (class) token, so the last block may

@@ -53,6 +53,9 @@ class OpenCLIPViTAdapter(BackboneAdapter):
         b, n = key_padding.shape
         return super().attention_bias(key_padding).expand(b, self.num_heads, n, n).reshape(b * self.num_heads, n, n)
 
+    def tail_modules(self):
+        return [self.model.ln_post]
+
     def finish(self, tokens: torch.Tensor, need_tokens: bool = False):
         visual = self.model
         pooled, _ = visual._pool(tokens)

@@ -67,6 +67,10 @@ class TimmViTAdapter(BackboneAdapter):
         # the classifier (``head``) is not part of the prompted forward: vpt owns the head
         return {k: v for k, v in self.model.state_dict().items() if not k.startswith("head.")}
 
+    def tail_modules(self):
+        m = self.model
+        return [module for module in (m.norm, m.attn_pool, m.fc_norm) if module is not None]
+
     @property
     def pools_first_token(self) -> bool:
         m = self.model

@@ -60,7 +60,7 @@ class Method:
     @property
     def shareable_in_bank(self) -> bool:
         """A task of this method can run on a :class:`~vpt.bank.PromptBank`'s one frozen backbone."""
-        return not (self.tunes_backbone or self.modifies_backbone)
+        return self.bank_refusal() is None
 
     def validate(self, cfg: "PromptConfig") -> None:
         """Raise :class:`ConfigError` for settings this method cannot use."""
