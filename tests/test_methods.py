@@ -43,7 +43,7 @@ def toy_method():
 
 def test_builtin_methods_say_what_they_train():
     assert method_names() == ("linear", "full", "bias", "shallow", "deep", "pad", "patch", "random_patch",
-                              "partial", "mlp", "adapter", "adaptformer", "ssf", "lora", "kv_prompts")
+                              "partial", "mlp", "sidetune", "adapter", "adaptformer", "ssf", "lora", "kv_prompts")
     assert [m for m in method_names() if get_method(m).tunes_backbone] == ["full", "bias", "partial"]
     assert method_names("module") == ("adapter", "adaptformer", "ssf", "lora", "kv_prompts")
     assert [m for m in method_names() if not get_method(m).backbone_eval_mode] == ["full"]

@@ -14,8 +14,10 @@ import vpt
 import vpt.cli
 from vpt.backbones.base import BackboneAdapter
 from vpt.methods import get_method
+from vpt.methods.adapters import ssf_points
 
-ZOO = ("partial", "mlp", "adapter", "adaptformer", "ssf", "lora", "kv_prompts")
+ZOO = ("partial", "mlp", "adapter", "adaptformer", "ssf", "lora", "kv_prompts", "sidetune")
+SMALL_IMAGES = {"sidetune": {"side": "conv"}}  # AlexNet needs images of 63 px or more
 
 
 def tiny_vit():
@@ -85,12 +87,9 @@ def test_zoo_methods_are_registered_with_their_own_options():
     assert get_method("lora").fields == ("rank", "alpha", "dropout", "targets")
 
 
-@pytest.mark.parametrize("method", ["adapter", "adaptformer", "lora", "kv_prompts", "partial"])
+@pytest.mark.parametrize("method", ["adapter", "adaptformer", "lora", "partial"])
 def test_zero_init_or_frozen_start_equals_the_frozen_model(method):
-    options = {"init_std": 0.0} if method == "ssf" else {}
-    model, reference = built(method, **options)
-    if method == "kv_prompts":  # key/value tokens change attention from the start: not an identity at init
-        return
+    model, reference = built(method)
     with torch.no_grad():
         torch.testing.assert_close(model(IMAGES), logits(model, reference_features(reference, IMAGES)), rtol=1e-5, atol=1e-5)
 
@@ -100,8 +99,7 @@ def test_ssf_at_zero_std_is_the_identity_and_equals_the_reference_with_values():
     with torch.no_grad():
         torch.testing.assert_close(model(IMAGES), logits(model, reference_features(reference, IMAGES)), rtol=1e-5, atol=1e-5)
         randomize(model.ssf.parameters())
-        ss = {name.replace("_", ".", 1) if name.startswith("blocks") else name: m for name, m in model.ssf.items()}
-        ss = {k.replace("_attn_", ".attn.").replace("_mlp_", ".mlp.").replace("_norm", ".norm"): m for k, m in ss.items()}
+        ss = {name: model.ssf[name.replace(".", "_")] for name in ssf_points(model.backbone)}
         expected = reference_features(reference, IMAGES,
                                       after=lambda name, t: t * ss[name].scale + ss[name].shift if name in ss else t)
         assert len(ss) == 2 + 6 * 3
@@ -194,6 +192,17 @@ def test_mlp_k_head_equals_the_reference():
     assert model.param_summary() == {**model.param_summary(), "head": 2 * (48 * 48 + 48) + 48 * 5 + 5, "prompt": 0}
 
 
+def test_sidetune_mixes_a_side_network_into_the_frozen_feature():
+    model, reference = built("sidetune", side="conv")
+    side = model.side
+    with torch.no_grad():
+        side.alpha.fill_(0.3)
+        a = torch.sigmoid(torch.tensor(0.3))
+        expected = a * reference_features(reference, IMAGES) + (1 - a) * side.net(IMAGES).flatten(1) @ side.projection.weight.t()
+        torch.testing.assert_close(model(IMAGES), logits(model, expected), rtol=1e-5, atol=1e-5)
+    assert model.param_summary()["prompt"] == sum(p.numel() for p in side.parameters())
+
+
 def test_vit_b16_trainable_counts_match_the_papers(monkeypatch):
     """ViT-B/16 built on the meta device (no weights, no memory): what each method trains besides the head.
 
@@ -202,7 +211,7 @@ def test_vit_b16_trainable_counts_match_the_papers(monkeypatch):
     counts = {}
     for name, options in [("lora", {}), ("adapter", {"reduction_factor": 96}), ("ssf", {}),
                           ("adaptformer", {"bottleneck": 8}), ("adaptformer", {}), ("adapter", {}),
-                          ("kv_prompts", {}), ("partial", {}), ("mlp", {})]:
+                          ("kv_prompts", {}), ("partial", {}), ("mlp", {}), ("sidetune", {})]:
         with torch.device("meta"):
             vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
             summary = vpt.PromptedModel(vit, vpt.PromptConfig(name, **options), num_classes=100).param_summary()
@@ -217,13 +226,14 @@ def test_vit_b16_trainable_counts_match_the_papers(monkeypatch):
     assert method_params["kv_prompts"] == 12 * 10 * 768 == 92_160  # E2VPT's shared key-value tokens, 10 per layer
     assert method_params["partial"] == 7_087_872 + 2 * 768 == 7_089_408  # one ViT-B block + the final norm
     assert counts["mlp"]["head"] == 2 * (768 * 768 + 768) + 768 * 100 + 100
+    assert method_params["sidetune"] == 2_469_696 + 9216 * 768 + 1 == 9_547_585  # AlexNet features, projection, alpha
 
 
 @pytest.mark.parametrize("method", ZOO)
 def test_prompt_file_round_trip(method, tmp_path):
     vit = tiny_vit().eval()
     fresh, for_bank = copy.deepcopy(vit), copy.deepcopy(vit)
-    model = vpt.PromptedModel(vit, method, num_classes=5).eval()
+    model = vpt.PromptedModel(vit, vpt.PromptConfig(method, **SMALL_IMAGES.get(method, {})), num_classes=5).eval()
     randomize(model.trainable_parameters())
     model.save_prompt(tmp_path / "p")
     loaded = vpt.PromptedModel.from_prompt_file(tmp_path / "p", backbone=fresh).eval()
@@ -238,7 +248,8 @@ def test_each_method_trains_a_step_through_vpt_train(method, tmp_path, monkeypat
     run = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", [
         "vpt-train", f"prompt={method}", "logger=none", "trainer.epochs=1", "trainer.progress_bar=false",
-        "trainer.cpu_threads=1", "data.train_size=16", f"hydra.run.dir={run}"])
+        "trainer.cpu_threads=1", "data.train_size=16", f"hydra.run.dir={run}",
+        *[f"prompt.{k}={v}" for k, v in SMALL_IMAGES.get(method, {}).items()]])
     vpt.cli.train_main()
     results = json.loads((run / "results.json").read_text())
     assert results["method"] == method and results["status"] == "completed"

@@ -87,5 +87,62 @@ class MlpProbe(Method):
         return "has an MLP head (the bank batches linear and zero-shot heads)"
 
 
-for _method in (PartialTuning(), MlpProbe()):
+@dataclass
+class SidetuneOptions:
+    """side: the side network: ``alexnet`` (VPT's: torchvision AlexNet features + avgpool, 9216 wide; random init
+    unless side_weights names a torchvision AlexNet state-dict file) or ``conv`` (a 3-layer CNN for small images).
+    side_weights: a file for the side network's weights, or null."""
+
+    side: str = "alexnet"
+    side_weights: str | None = None
+
+
+class SideNetwork(nn.Module):
+    """``sigmoid(alpha) * encoder feature + (1 - sigmoid(alpha)) * projection(side(images))`` (VPT's ``side``)."""
+
+    def __init__(self, side: str, feature_dim: int, weights: str | None) -> None:
+        super().__init__()
+        if side == "alexnet":
+            from torchvision.models import alexnet
+
+            net = alexnet(weights=None)
+            if weights:
+                net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            self.net, width = nn.Sequential(net.features, net.avgpool), 256 * 6 * 6
+        else:
+            self.net = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                                     nn.Conv2d(64, 128, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            if weights:
+                self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            width = 128
+        self.projection = nn.Linear(width, feature_dim, bias=False)
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        side = self.projection(self.net(images).flatten(1).to(self.projection.weight.dtype))
+        a = torch.sigmoid(self.alpha)
+        return a * features + (1 - a) * side.to(features.dtype)
+
+
+class Sidetune(Method):
+    """Sidetune (Zhang et al., 2020; VPT's baseline): a trainable side network mixed into the frozen feature."""
+
+    name = "sidetune"
+    config_class = SidetuneOptions
+
+    def validate(self, cfg) -> None:
+        if cfg.side not in ("alexnet", "conv"):
+            raise ConfigError(f"prompt.side must be 'alexnet' or 'conv', got {cfg.side!r}")
+
+    def build(self, cfg, backbone, input_size):
+        return {"side": SideNetwork(cfg.side, backbone.feature_dim, cfg.side_weights)}
+
+    def features(self, model, images, features):
+        return model.side(images, features)
+
+    def bank_refusal(self):
+        return "has a side network (the bank runs one encoder for every task)"
+
+
+for _method in (PartialTuning(), MlpProbe(), Sidetune()):
     register_method(_method)
