@@ -15,6 +15,7 @@ from typing import Sequence
 from ..errors import ConfigError, VptError
 from .plots import write_plots
 from .runs import collect_runs
+from .suites import means_markdown, suite_means
 from .table import accuracy_metric, summarise
 from .writers import FORMATS, parse_formats, to_markdown, write_tables
 
@@ -58,6 +59,9 @@ def report(args: argparse.Namespace) -> list[Path]:
         print(f"{PROGRAM}: {runs.skipped_summary()}", file=sys.stderr)
     rows = summarise(runs, args.metrics, args.group_by)
     print(to_markdown(rows), end="")
+    means = means_markdown(suite_means(runs))
+    if means:
+        print("\nbenchmark group means (mean over the group's tasks of each task's mean):\n" + means, end="")
     out = args.out or default_out_dir(args.paths[0])
     written = write_tables(rows, out, formats, skipped=runs.skipped)
     if not args.no_plots:

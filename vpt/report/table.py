@@ -14,7 +14,7 @@ ACCURACY_METRICS = ("test_top1", "val_top1", "test_map", "test_ap50")
 COST_METRICS = ("trainable_params", "train_seconds")
 DEFAULT_METRICS = ACCURACY_METRICS + COST_METRICS
 # Keys of a `paper:` block that are not methods.
-PAPER_INFO_KEYS = {"source", "metric"}
+PAPER_INFO_KEYS = {"source", "metric", "task"}
 
 
 class Stat(NamedTuple):
