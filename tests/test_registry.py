@@ -89,3 +89,17 @@ def test_a_task_from_the_test_file_is_found_and_trains(tmp_path, monkeypatch):
     vpt.cli.train_main()
     assert CountingTask.built == 1
     assert json.loads((run / "results.json").read_text())["task"] == "test_registry.CountingTask"
+
+
+def test_dataset_formats_and_detectors_share_the_registry():
+    from vpt.data import DATASET_BUILDERS, register_dataset_format
+    from vpt.detection import DETECTORS
+
+    assert "imagefolder" in DATASET_BUILDERS and DETECTORS.names() == ("faster_rcnn", "retinanet", "fcos")
+    with pytest.raises(vpt.ConfigError, match="unknown detector 'retinannet'.*did you mean 'retinanet'"):
+        raise DETECTORS.unknown("retinannet")
+    register_dataset_format("toy_format", lambda spec: None)
+    try:
+        assert DATASET_BUILDERS.get("toy_format")(None) is None
+    finally:
+        DATASET_BUILDERS.unregister("toy_format")

@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError
+from ..registry import Registry
 from .files import build_fgvc, build_imagefolder, build_list, require_root
 from .sampling import holdout_test_split
 from .sources import ArrayImageSource, ImageSource, SourceSplits, WrappedDatasetSource
@@ -127,14 +128,22 @@ def build_torchvision(entry: TorchvisionEntry, spec: DataSpec) -> SourceSplits:
 
 
 DatasetBuilder = Callable[[DataSpec], SourceSplits]
-DATASET_BUILDERS: dict[str, DatasetBuilder] = {
+#: dataset formats by ``data.name``: a builder ``DataSpec -> SourceSplits`` each (``register_dataset_format`` adds one)
+DATASET_BUILDERS: Registry[DatasetBuilder] = Registry("dataset")
+for _name, _builder in {
     "digits": build_digits,
     "imagefolder": build_imagefolder,
     "list": build_list,
     "vtab": build_list,
     "fgvc": build_fgvc,
     **{name: partial(build_torchvision, entry) for name, entry in TORCHVISION_DATASETS.items()},
-}
+}.items():
+    DATASET_BUILDERS.register(_builder, _name)
+
+
+def register_dataset_format(name: str, builder: DatasetBuilder, replace: bool = False) -> DatasetBuilder:
+    """Make ``data.name=<name>`` build its splits with ``builder(spec) -> SourceSplits``."""
+    return DATASET_BUILDERS.register(builder, name, replace=replace)
 
 
 def load_splits(spec: DataSpec) -> SourceSplits:
@@ -142,7 +151,6 @@ def load_splits(spec: DataSpec) -> SourceSplits:
         from .custom import build_custom
 
         return build_custom(spec)
-    builder = DATASET_BUILDERS.get(spec.name)
-    if builder is None:
-        raise UnknownNameError("dataset", spec.name, DATASET_BUILDERS)
-    return builder(spec)
+    if spec.name not in DATASET_BUILDERS:
+        raise DATASET_BUILDERS.unknown(spec.name)
+    return DATASET_BUILDERS.get(spec.name)(spec)

@@ -17,11 +17,15 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..errors import ConfigError, PromptFileError, UnknownNameError
+from ..errors import ConfigError, PromptFileError
 from ..model import PromptedModel
+from ..registry import Registry
 from .pyramid import SUPPORTED_SCALES, TOP_LEVEL_NAME, SimpleFeaturePyramid
 
-DETECTORS = ("faster_rcnn", "retinanet", "fcos")
+#: torchvision detector heads by name (one Registry, as methods and tasks: unknown names get a did-you-mean)
+DETECTORS: Registry[str] = Registry("detector")
+for _kind in ("faster_rcnn", "retinanet", "fcos"):
+    DETECTORS.register(_kind, _kind)
 RETINANET_OCTAVES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # three anchor sizes per octave, as RetinaNet
 
 
@@ -139,7 +143,7 @@ class PromptedDetector(nn.Module):
                  pyramid_top_block: bool | None = None, **detector_kwargs: Any) -> None:
         super().__init__()
         if detector not in DETECTORS:
-            raise UnknownNameError("detector", detector, DETECTORS)
+            raise DETECTORS.unknown(detector)
         if num_classes < 1:
             raise ConfigError(f"num_classes={num_classes}: a detector needs at least one object class")
         self._check_encoder(encoder)
