@@ -20,9 +20,9 @@ ZOO = ("partial", "mlp", "adapter", "adaptformer", "ssf", "lora", "kv_prompts", 
 SMALL_IMAGES = {"sidetune": {"side": "conv"}}  # AlexNet needs images of 63 px or more
 
 
-def tiny_vit():
+def tiny_vit(**kwargs):
     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3,
-                             num_classes=0)
+                             num_classes=0, **kwargs)
 
 
 def linear(module, x, weight=None):
@@ -272,3 +272,15 @@ def test_bad_options_are_one_clear_error(tiny_vit_factory):
     vpt.PromptedModel(vit, "lora", num_classes=2)
     with pytest.raises(vpt.ConfigError, match="already carries the modules of prompt=lora"):
         vpt.PromptedModel(vit, "ssf", num_classes=2)
+
+
+def test_modules_inside_the_frozen_backbone_train_while_the_backbone_stays_in_eval_mode():
+    model = vpt.PromptedModel(tiny_vit(attn_drop_rate=0.1), vpt.PromptConfig("kv_prompts", dropout=0.5), num_classes=2)
+    model.train()
+    attn = model.backbone.blocks[0].attn
+    assert attn.training and attn.dropout.training and not attn.attn.training and not model.backbone.blocks[0].training
+    model.eval()
+    assert not attn.dropout.training
+    lora = vpt.PromptedModel(tiny_vit(), vpt.PromptConfig("lora", dropout=0.2), num_classes=2).train()
+    qkv = lora.backbone.blocks[0].attn.qkv
+    assert qkv.lora_dropout["default"].training and not qkv.base_layer.training

@@ -133,7 +133,11 @@ class PromptedModel(nn.Module):
         if attached is not None:
             raise ConfigError(f"this backbone already carries the modules of prompt={attached} (another PromptedModel "
                               f"was built on it); build prompt={self.prompt_config.method} on a fresh backbone")
+        before = {id(module) for module in self.backbone.modules()}
         self.method.attach(self)
+        # the modules the method put inside the backbone: in train mode with the model (their dropout acts), while
+        # the frozen modules they wrap stay in eval mode; a plain list, so they are not registered twice
+        self._method_modules = [module for module in self.backbone.modules() if id(module) not in before]
         self.backbone.model._vpt_attached = self.prompt_config.method  # on the library model: it outlives adapters
         self.backbone.fast_path = False  # the fast prompted block reproduces the plain block only
 
@@ -187,6 +191,8 @@ class PromptedModel(nn.Module):
         super().train(mode)
         if self.backbone_frozen:
             self.backbone.eval()  # dropout / drop-path off in the frozen encoder, as the official VPT code
+            for module in getattr(self, "_method_modules", ()):
+                module.training = mode  # not recursive: a wrapped frozen module keeps eval mode
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:

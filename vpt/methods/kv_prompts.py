@@ -52,7 +52,7 @@ class KVPromptAttention(nn.Module):
         if attn_mask is not None:  # the bias covers the token keys; the prompt keys are always visible
             attn_mask = F.pad(attn_mask, (key.shape[2], 0), value=0.0)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=a.attn_drop.p if self.training else 0.0)
+                                           dropout_p=a.attn_drop.p if a.training else 0.0)
         x = a.norm(x.transpose(1, 2).reshape(B, N, a.attn_dim))
         return a.proj_drop(a.proj(x))
 
