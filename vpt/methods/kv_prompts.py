@@ -36,7 +36,7 @@ class KVPromptAttention(nn.Module):
         super().__init__()
         self.attn = attn
         shape = (attn.num_heads, length, attn.head_dim)
-        val = math.sqrt(6.0 / float(3 * reduce(mul, patch_size, 1) + attn.head_dim))  # VPT's xavier-uniform
+        val = math.sqrt(6.0 / float(3 * reduce(mul, patch_size, 1) + 16))  # E2VPT's uniform init (ORIGIN_INIT 0)
         self.key = nn.Parameter(torch.empty(shape).uniform_(-val, val))
         self.value = None if share_kv else nn.Parameter(torch.empty(shape).uniform_(-val, val))
         self.dropout = nn.Dropout(dropout)
