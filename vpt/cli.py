@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones.portable import RecordedWeightsNotFoundError
-from .errors import ConfigError, VptError, WeightsUnavailableError
+from .errors import ConfigError, TargetWeightsUnavailableError, VptError, WeightsUnavailableError
 from .sweep import in_multirun
 
 CONFIG_PATH = "pkg://vpt.configs"  # the packaged configs/, so the commands work from any directory
@@ -32,6 +32,8 @@ REFERENCE_IMAGE_SIZE = 224  # pixel-prompt sizes in the configs are given at thi
 COMMAND_LINE_HINTS = {
     RecordedWeightsNotFoundError: "on the command line: vpt-eval prompt_file=... pretrained=/path/to/the/weights/file "
                                   "(or a folder holding it)",
+    TargetWeightsUnavailableError: "on the command line: backbone.pretrained=false or "
+                                   "'+backbone.pretrained_cfg_overlay={file:/path/to/weights.safetensors}'",
     WeightsUnavailableError: "on the command line: backbone.pretrained=false or backbone.pretrained=/path/to/weights",
 }
 

@@ -175,8 +175,9 @@ def _download_error(repo_id: str, revision: str | None, err: Exception) -> Weigh
     elif isinstance(err, HFValidationError):
         reason = f"{repo_id!r} is neither an existing directory nor a valid Hub repo id ('owner/name')"
     elif isinstance(err, OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
-        reason = (f"the Hub is offline (HF_HUB_OFFLINE is set) and {where} is not in the local cache; "
-                  "unset HF_HUB_OFFLINE to download it")
+        from .online import why_offline
+
+        reason = f"{where} is not in the local cache and the Hub is offline here ({why_offline()})"
     else:
         reason = f"could not download {where} from the Hugging Face Hub ({type(err).__name__}: {err})"
     return WeightsUnavailableError(f"prompt repo {where}: {reason}; {LOCAL_DIR_HINT}")
@@ -192,11 +193,14 @@ def resolve_prompt_dir(repo_or_dir: str | os.PathLike, revision: str | None = No
     if isinstance(repo_or_dir, os.PathLike) or _looks_like_local_path(repo_id):
         raise PromptFileError(f"no prompt directory {str(path)!r}; pass the folder written by save_pretrained / "
                               "save_prompt, or a Hub repo id such as 'owner/my-vpt-prompt'")
-    try:
-        local = snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
-                                  allow_patterns=HUB_FILES, library_name="vpt")
-    except (OSError, HfHubHTTPError, HFValidationError) as err:  # OSError covers the cache / offline misses
-        raise _download_error(repo_id, revision, err) from err
+    from .online import hub_access
+
+    with hub_access():  # an unreachable hub: cache only, at once, instead of a minute of retries
+        try:
+            local = snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
+                                      allow_patterns=HUB_FILES, library_name="vpt")
+        except (OSError, HfHubHTTPError, HFValidationError) as err:  # OSError covers the cache / offline misses
+            raise _download_error(repo_id, revision, err) from err
     local = Path(local)
     if not (local / WEIGHTS_NAME).is_file() or not (local / MANIFEST_NAME).is_file():
         raise PromptFileError(f"the Hub repo {repo_id!r} holds no {WEIGHTS_NAME} + {MANIFEST_NAME}: it is not a vpt "

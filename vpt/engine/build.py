@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..backbones import BackboneAdapter, create_backbone, wrap_model
-from ..errors import ConfigError
+from ..errors import ConfigError, TargetWeightsUnavailableError
 from .runtime import to_plain
 
 
@@ -41,10 +41,15 @@ def build_target_backbone(cfg: Mapping[str, Any], task_options: Mapping[str, Any
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from ..online import hub_access
+
     call = {**(task_options or {}), **{key: value for key, value in cfg.items() if key not in VPT_BACKBONE_KEYS}}
     try:
-        model = instantiate(call, _convert_="all")
+        with hub_access():  # pretrained=true downloads: fail fast when the hub does not answer
+            model = instantiate(call, _convert_="all")
     except InstantiationException as error:
+        if cfg.get("pretrained") and _is_hub_failure(error):
+            raise TargetWeightsUnavailableError(_target_offline_message(cfg, error)) from error
         raise ConfigError(f"backbone._target_={cfg['_target_']} failed: {error}. Check that it is an importable "
                           "path (its module on PYTHONPATH) and that the other backbone keys are its arguments"
                           ) from error
@@ -62,6 +67,31 @@ def build_target_backbone(cfg: Mapping[str, Any], task_options: Mapping[str, Any
                           f"{built[0]}x{built[1]} inputs; build it for {size} (e.g. img_size: {size} for timm) or set "
                           f"backbone.image_size={built[0]}")
     return adapter  # create_args stay None: a prompt file of it is loaded with the backbone passed in
+
+
+def _is_hub_failure(error: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) is a failed hub download (offline, unreachable, cache miss)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        module = type(error).__module__
+        if module.startswith(("huggingface_hub", "requests", "httpx", "urllib3")) or isinstance(
+                error, (ConnectionError, TimeoutError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _target_offline_message(cfg: Mapping[str, Any], error: BaseException) -> str:
+    from ..online import describe_failure, why_offline
+
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return (f"backbone._target_={cfg['_target_']} could not fetch pretrained weights for "
+            f"{cfg.get('model_name') or cfg.get('name')!r} ({describe_failure(cause)}); the hub is offline here: {why_offline()}. "
+            "Either pass backbone.pretrained=false (random init, e.g. for smoke tests) or download the weights "
+            "elsewhere and pass the local file: '+backbone.pretrained_cfg_overlay={file:/path/to/weights.safetensors}'")
 
 
 # timm arguments that change a model's shape, so its registry name no longer says what it is
