@@ -130,6 +130,8 @@ def test_download_failure_names_repo_and_local_alternative(monkeypatch):
 
     monkeypatch.setattr(hub, "snapshot_download", unreachable)
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
+    import vpt.online
+    monkeypatch.setattr(vpt.online, "_reachability", {hub.constants.ENDPOINT: True})  # the endpoint answered the probe
     with pytest.raises(WeightsUnavailableError, match=r"could not download 'someone/vpt-deep' .*Network is unreachable"
                                                       r".*pass its path"):
         hub.from_pretrained("someone/vpt-deep")
