@@ -1,5 +1,6 @@
 """Hub access fails fast and names the fix when the network is down (HF_HUB_OFFLINE=1 or an unreachable endpoint)."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,8 +12,12 @@ from vpt import online
 
 BIN = Path(sys.executable).parent
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, the connect is refused at once
-BUILD_TIMM = ("import vpt\n"
-              "vpt.create_backbone('vit_tiny_patch16_224', pretrained=True, image_size=32, patch_size=8, depth=1)\n")
+BUILD_TIMM = ("import sys, time, vpt\n"
+              "start = time.monotonic()\n"
+              "try:\n"
+              "    vpt.create_backbone('vit_tiny_patch16_224', pretrained=True, image_size=32, patch_size=8, depth=1)\n"
+              "finally:\n"
+              "    print(f'hub seconds {time.monotonic() - start:.1f}', file=sys.stderr, flush=True)\n")
 
 
 def offline_env(tmp_path, **extra):
@@ -23,7 +28,7 @@ def offline_env(tmp_path, **extra):
 def test_an_unreachable_endpoint_is_found_in_a_connect_not_a_minute_of_retries():
     start = time.monotonic()
     assert not online.endpoint_reachable(UNREACHABLE, timeout=2.0)
-    assert time.monotonic() - start < 2.5
+    assert time.monotonic() - start < 10  # at most the 2 s deadline (refused at once), with room for a loaded machine
 
 
 def test_hub_calls_run_in_offline_mode_while_the_endpoint_does_not_answer(monkeypatch):
@@ -42,16 +47,15 @@ def test_hub_calls_run_in_offline_mode_while_the_endpoint_does_not_answer(monkey
 
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": UNREACHABLE}], ids=["offline", "unreachable"])
 def test_hub_weights_offline_end_in_one_message_within_seconds(tmp_path, env):
-    start = time.monotonic()
     result = subprocess.run([sys.executable, "-c", BUILD_TIMM], env=offline_env(tmp_path, **env), capture_output=True,
-                            text=True, timeout=120)
-    seconds = time.monotonic() - start
+                            text=True, timeout=240)
     assert result.returncode != 0
+    seconds = float(re.search(r"hub seconds ([0-9.]+)", result.stderr).group(1))  # the hub part, imports excluded
     message = result.stderr.strip().splitlines()[-1]
     assert "WeightsUnavailableError: could not fetch pretrained weights" in message
     assert "pretrained=false" in message and "HF_HUB_OFFLINE" in message
     assert "Retrying" not in result.stderr and result.stderr.count("thrown while requesting") == 0
-    assert seconds < 45, seconds  # imports included; huggingface_hub's own retries alone take about a minute
+    assert seconds < 20, seconds  # huggingface_hub's own back-off (1+2+4+8+8 s per file) takes about a minute
 
 
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": UNREACHABLE}], ids=["offline", "unreachable"])
