@@ -178,7 +178,8 @@ def test_optuna_search_refuses_to_score_on_trained_val(tmp_path):
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, strip_timing):
     # prompt dropout exercises the RNG; 4 epochs of 3 batches leave time to kill after the first one
     args = ["trainer.epochs=4", "data.train_size=120", "data.val_fraction=0.1", "trainer.batch_size=40",
-            "prompt.dropout=0.1", "prompt.length=4", "trainer.progress_bar=false"]
+            "prompt.dropout=0.1", "prompt.length=4", "trainer.progress_bar=false",
+            "trainer.cpu_threads=1"]  # one count for both runs: by default it follows the machine's load
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     vpt("vpt-train", *args, f"hydra.run.dir={reference}", cwd=tmp_path, check=0)
 
