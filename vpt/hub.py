@@ -112,7 +112,7 @@ def build_model_card(manifest: Mapping[str, Any], results: Mapping[str, Any] | N
     create_args = backbone.get("create_args")
     classes = manifest.get("class_names") or []
     num_params = sum(_prod(shape) for shape in manifest.get("tensors", {}).values())
-    load_args = f'"{load_name}"' if create_args else f'"{load_name}", backbone=my_backbone'
+    head_trained = any(name.startswith("head.") for name in manifest.get("tensors", {}))
     lines = [
         f"# vpt prompt: {prompt['method']} on {backbone['name']}", "",
         "A prompt file of vpt (visual prompt tuning): only the trained tensors (prompts and head) for a frozen "
@@ -125,13 +125,14 @@ def build_model_card(manifest: Mapping[str, Any], results: Mapping[str, Any] | N
         "## Prompt", "",
         f"- method: `{prompt['method']}`",
         *[f"- {key}: `{value}`" for key, value in _relevant_prompt_fields(prompt).items()],
-        f"- head: {head['kind']}, {head.get('num_classes') or len(classes)} classes"
+        f"- head: {head['kind']} ({'trained' if head_trained else 'frozen'}), "
+        f"{head.get('num_classes') or len(classes)} classes"
         + (f" ({', '.join(map(str, classes[:20]))}{', ...' if len(classes) > 20 else ''})" if classes else ""),
         f"- trained tensors: {num_params:,} values in `{WEIGHTS_NAME}`", "",
         "## Results", "", *_metric_rows(results, manifest), "",
         "## How to load", "",
-        "```python", "import vpt", "",
-        f"model = vpt.PromptedModel.from_pretrained({load_args})", "```", "",
+        "```python", "import vpt", "", *_backbone_snippet(create_args),
+        f'model = vpt.PromptedModel.from_pretrained("{load_name}", backbone=backbone)', "```", "",
     ]
     if not create_args:
         lines += ["This prompt was trained on a backbone instance built in code: pass the same backbone "
@@ -142,6 +143,26 @@ def build_model_card(manifest: Mapping[str, Any], results: Mapping[str, Any] | N
     return ModelCard(f"---\n{_card_metadata(manifest).to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+def _backbone_snippet(create_args: Mapping[str, Any] | None) -> list[str]:
+    """The line of the loading snippet that builds the frozen backbone the prompt was tuned on."""
+    if not create_args:
+        return ["backbone = my_backbone  # the backbone instance it was trained on (same weights)"]
+    pretrained = create_args.get("pretrained")
+    if create_args.get("pretrained_sha256"):
+        pretrained = f"path/to/{pretrained}"  # a local file: by name only (the card may go public)
+    elif str(pretrained) == "True":
+        pretrained = True
+    arguments = [f'"{create_args.get("name")}"', f"pretrained={pretrained!r}"]
+    if create_args.get("image_size"):
+        arguments.append(f"image_size={int(create_args['image_size'])}")
+    arguments += [f"{key}={value!r}" for key, value in (create_args.get("kwargs") or {}).items()]
+    return [f"backbone = vpt.create_backbone({', '.join(arguments)})  # the frozen encoder it was tuned on"]
+
+
+# prompt-config fields the card shows elsewhere (whether the head is trained: from the saved tensors)
+CARD_OMITTED_FIELDS = {"method", "train_head"}
+
+
 def _relevant_prompt_fields(prompt: Mapping[str, Any]) -> dict[str, Any]:
     """The prompt settings this method uses (a pad prompt has no token length, a deep prompt no pixel size)."""
     from .config import PromptConfig
@@ -149,7 +170,7 @@ def _relevant_prompt_fields(prompt: Mapping[str, Any]) -> dict[str, Any]:
     config = PromptConfig.from_dict(dict(prompt))
     unused = set() if config.is_token else TOKEN_FIELDS
     unused |= set() if config.is_pixel else PIXEL_FIELDS
-    return {key: value for key, value in prompt.items() if key != "method" and key not in unused}
+    return {key: value for key, value in prompt.items() if key not in CARD_OMITTED_FIELDS and key not in unused}
 
 
 def _prod(shape) -> int:
