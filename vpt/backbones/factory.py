@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError, UnknownNameError, WeightsUnavailableError
 from ..online import describe_failure, hub_access, why_offline
 from .base import BackboneAdapter, wrap_model
+from .naming import display_name
 from .portable import weights_record
 from .weights import load_checked
 
@@ -67,7 +68,10 @@ def create_timm_backbone(name: str, pretrained: Any = True, allow_partial: bool 
         path = _check_file(pretrained)
         model = timm.create_model(name, pretrained=False, **kwargs)
         report = load_checked(model, path, allow_partial=allow_partial)  # checked, no pickle; one error if it does not fit
-        log.info("loaded %d of %d tensors of %s from %s", report["matched"], report["expected"], name, path)
+        adapter = wrap_model(model, name=name)
+        log.info("loaded %d of %d tensors of %s from %s", report["matched"], report["expected"],
+                 display_name(name, kwargs, adapter), path)  # the name results.json will use
+        return adapter
     else:
         tagged = f"{arch}.{pretrained}" if isinstance(pretrained, str) and "." not in name else name
         try:
@@ -146,11 +150,11 @@ def create_backbone(name: str, pretrained: Any = True, image_size: int | None = 
             raise ConfigError(f"the input size is given twice ({size_arg}={build_kwargs[size_arg]} and "
                               f"image_size={image_size}); set it once, as backbone.image_size")
         build_kwargs[size_arg] = int(image_size)
-    if not pretrained:
-        log.warning("%s: random weights (pretrained=False); pass pretrained=True or a weights file for a real backbone",
-                    name)
     adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, allow_partial=allow_partial_weights,
                                        **build_kwargs)
+    if not pretrained:
+        log.warning("%s: random weights (pretrained=False); pass pretrained=True or a weights file for a real backbone",
+                    display_name(name, kwargs, adapter))
     # how to rebuild it: written into prompt files so `vpt-eval` can recreate the backbone
     # a weights file by name + sha256, not this machine's path: the prompt file stays loadable when moved
     adapter.create_args = {"name": name, **weights_record(pretrained), "kwargs": kwargs, "image_size": image_size}

@@ -7,6 +7,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..backbones import BackboneAdapter, create_backbone, wrap_model
+from ..backbones.naming import ARCHITECTURE_KWARGS, display_name, shape_name  # noqa: F401 (re-exported)
 from ..errors import ConfigError, TargetWeightsUnavailableError
 from .runtime import to_plain
 
@@ -94,10 +95,6 @@ def _target_offline_message(cfg: Mapping[str, Any], error: BaseException) -> str
             "elsewhere and pass the local file: '+backbone.pretrained_cfg_overlay={file:/path/to/weights.safetensors}'")
 
 
-# timm arguments that change a model's shape, so its registry name no longer says what it is
-ARCHITECTURE_KWARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-
-
 def backbone_label(cfg: Mapping[str, Any], adapter: BackboneAdapter) -> str:
     """The name results.json and prompt files record: ``backbone.label``; else the given name, unless
     arguments reshaped the model, which is then named by its shape (e.g. ``vit_p4_d64_l6_16px``)."""
@@ -105,18 +102,7 @@ def backbone_label(cfg: Mapping[str, Any], adapter: BackboneAdapter) -> str:
         return str(cfg["label"])
     name = str(cfg.get("name") or adapter.name)
     arguments = cfg if "_target_" in cfg else (cfg.get("kwargs") or {})
-    if adapter.supports_token_prompts and set(arguments) & set(ARCHITECTURE_KWARGS):
-        return shape_name(adapter, family=name.rpartition(":")[2].split("_")[0])
-    return name
-
-
-def shape_name(adapter: BackboneAdapter, family: str = "vit") -> str:
-    """``<family>_p<patch>_d<width>_l<depth>_<input>px`` from the built model."""
-    patch_h, patch_w = adapter.patch_size
-    height, width = adapter.data_config()["input_size"][1:]
-    patch = f"{patch_h}" if patch_h == patch_w else f"{patch_h}x{patch_w}"
-    size = f"{height}" if height == width else f"{height}x{width}"
-    return f"{family}_p{patch}_d{adapter.embed_dim}_l{adapter.num_layers}_{size}px"
+    return display_name(name, arguments, adapter)
 
 
 def input_data_config(backbone: BackboneAdapter) -> dict[str, Any]:
