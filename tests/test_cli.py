@@ -90,15 +90,15 @@ def test_eval_of_the_latest_run_scores_the_splits_it_was_trained_on(tmp_path):
                     check=0)
     scores = read_results(tmp_path / "eval")
     assert scores["val_top1"] == results["val_top1"] and scores["test_top1"] == results["test_top1"]
-    assert scores["data_seed"] == 3 and scores["val_images"] > 0 and scores["test_images"] > 0
-    line = (f"scoring digits: val {scores['val_images']} images, test {scores['test_images']} images; "
+    assert scores["data_seed"] == 3 and scores["images"]["val"] > 0 and scores["images"]["test"] > 0
+    line = (f"scoring digits: val {scores['images']['val']} images, test {scores['images']['test']} images; "
             "data settings from the prompt file")
     assert line in evaluated.stdout + evaluated.stderr
     # a setting given on the command line changes that setting only, and the line says so
     vpt("vpt-eval", "prompt_file=outputs/deep_digits/latest/best", "data.val_fraction=0.25", "hydra.run.dir=eval2",
         cwd=tmp_path, check=0)
     changed = read_results(tmp_path / "eval2")
-    assert changed["val_images"] > scores["val_images"] and changed["test_images"] == scores["test_images"]
+    assert changed["images"]["val"] > scores["images"]["val"] and changed["images"]["test"] == scores["images"]["test"]
     assert changed["data_source"] == "the prompt file, with data.val_fraction from the command line"
 
 

@@ -40,7 +40,7 @@ def test_shapes_quickstart_trains_and_its_prompt_file_reproduces_the_predictions
     # README's command: data=shapes (whose defaults are 256/64/128 images) scores the 4/8 split training recorded
     command_line = [f"prompt_file={run / 'best'}", "data=shapes", "trainer.eval_batch_size=8", "trainer.cpu_threads=1"]
     again = evaluate_prompt_file(config(*command_line, config_name="eval"), evaluation, overrides=command_line)
-    assert (again["val_images"], again["test_images"]) == (4, 8) and again["data_source"] == "the prompt file"
+    assert again["images"] == {"val": 4, "test": 8} and again["data_source"] == "the prompt file"
     assert json.loads((evaluation / "predictions_test.json").read_text()) == \
         json.loads((run / "predictions_test.json").read_text())
     assert again["test_map"] == results["test_map"]

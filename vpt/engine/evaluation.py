@@ -117,7 +117,8 @@ def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None =
     results: dict[str, Any] = {"prompt_file": str(cfg.prompt_file), "task": task.name,
                                "method": model.prompt_config.method, "backbone": model.backbone.name,
                                "dataset": name, "seed": int(cfg.seed), "data_seed": data_seed,
-                               "data_source": source, **{f"{split}_images": len(getattr(data, split)) for split in scored}}
+                               "data_source": source,  # not split_-prefixed keys: those are metrics
+                               "images": {split: len(getattr(data, split)) for split in scored}}
     for split in scored:
         metrics = task.evaluate(model, loaders[split], data, autocast, cfg.trainer.limit_eval_batches, split, files.dir)
         results.update({f"{split}_{key}": value for key, value in metrics.items()})
