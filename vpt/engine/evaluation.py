@@ -38,17 +38,20 @@ def _override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0].strip()
 
 
-def recorded_data(manifest: dict[str, Any], prompt_file) -> tuple[dict[str, Any] | None, int | None, str]:
-    """(data config, seed, where from) recorded by the training run: in the prompt file's manifest (vpt >= 0.3),
-    else in the run dir's config.yaml next to the prompt file."""
+def recorded_data(manifest: dict[str, Any], prompt_file) -> tuple[dict[str, Any] | None, int | None, str | None, str]:
+    """(data config, seed, data group chosen, where from) recorded by the training run: in the prompt file's
+    manifest (vpt >= 0.3), else in the run dir's config.yaml (and .hydra/hydra.yaml) next to the prompt file."""
     if isinstance(manifest.get("data"), dict):
-        return manifest["data"], manifest.get("data_seed"), "the prompt file"
-    config = Path(prompt_file).resolve().parent / "config.yaml"
+        return manifest["data"], manifest.get("data_seed"), manifest.get("data_choice"), "the prompt file"
+    run_dir = Path(prompt_file).resolve().parent
+    config = run_dir / "config.yaml"
     if config.is_file():
         saved = OmegaConf.to_container(OmegaConf.load(config))
         if isinstance(saved, dict) and isinstance(saved.get("data"), dict):
-            return saved["data"], saved.get("seed"), f"the run's {config}"
-    return None, None, ""
+            hydra = run_dir / ".hydra" / "hydra.yaml"
+            choice = OmegaConf.select(OmegaConf.load(hydra), "hydra.runtime.choices.data") if hydra.is_file() else None
+            return saved["data"], saved.get("seed"), choice, f"the run's {config}"
+    return None, None, None, ""
 
 
 def eval_data_settings(cfg: DictConfig, manifest: dict[str, Any], prompt_file,
@@ -60,15 +63,21 @@ def eval_data_settings(cfg: DictConfig, manifest: dict[str, Any], prompt_file,
     given = to_plain(cfg.data)
     if overrides is None:
         return given, int(cfg.seed), "the given config"
-    recorded, recorded_seed, source = recorded_data(manifest, prompt_file)
+    recorded, recorded_seed, recorded_choice, source = recorded_data(manifest, prompt_file)
     keys = [_override_key(o) for o in overrides]
     seed = int(cfg.seed) if "seed" in keys or recorded_seed is None else int(recorded_seed)
     data_keys = [(o, k) for o, k in zip(overrides, keys) if k == "data" or k.startswith("data.")]
     if recorded is None:
         return given, seed, "the command line (the prompt file records no data settings)" if data_keys else \
             "eval.yaml's defaults (the prompt file records no data settings)"
-    if "data" in keys and given.get("name") != recorded.get("name"):
-        return given, seed, f"data={given.get('name')} on the command line (trained on {recorded.get('name')})"
+    # data=<group>: the same group training chose (the README's data=shapes for a shapes experiment) keeps the
+    # recorded settings (an experiment's sizes, classes); another group is another dataset, scored as configured
+    chosen = [o.split("=", 1)[1].strip() for o, k in zip(overrides, keys) if k == "data" and "=" in o]
+    if chosen:
+        same = chosen[-1] == recorded_choice if recorded_choice else given.get("name") == recorded.get("name")
+        if not same:
+            trained_on = recorded_choice or recorded.get("name")
+            return given, seed, f"data={chosen[-1]} on the command line (trained on {trained_on})"
     merged = OmegaConf.create(recorded)
     changed = []
     for override, key in data_keys:

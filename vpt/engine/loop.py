@@ -212,7 +212,8 @@ class Trainer:
     def save_checkpoints(self, metrics: dict[str, Any]) -> None:
         # the data settings it was scored on: vpt-eval scores the same splits unless told otherwise
         extra = {"epoch": self.state.epoch, "metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
-                 "dataset": self.cfg.data.name, "data": to_plain(self.cfg.data), "data_seed": self.seed}
+                 "dataset": self.cfg.data.name, "data": to_plain(self.cfg.data), "data_seed": self.seed,
+                 "data_choice": data_choice()}
         self.model.save_prompt(self.files.last, **extra)
         score = self.monitor_score(metrics)
         if score is None:  # no held-out val: best = last, never picked on the test set
@@ -296,6 +297,13 @@ class Trainer:
         log.info("%sresults: %s  (%s)", self.run_prefix, format_metrics(results, self.task.summary_keys),
                  self.files.results)
         return results
+
+
+def data_choice() -> str | None:
+    """The data config group a Hydra run chose (``digits_target``, ``shapes``), None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
 
 
 def build_tracker(cfg: DictConfig, run_dir, resume: bool = False) -> Tracker:
