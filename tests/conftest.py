@@ -49,7 +49,16 @@ def bench_run(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads(out.read_text())
+    return BenchRun((proc.stdout, json.loads(out.read_text())), stderr=proc.stderr)
+
+
+class BenchRun(tuple):
+    """``(stdout, results)``, with what the run said on stderr as ``.stderr``."""
+
+    def __new__(cls, items, stderr: str = ""):
+        run = super().__new__(cls, items)
+        run.stderr = stderr
+        return run
 
 
 # ---- detection (tests/detection/) ----

@@ -95,3 +95,21 @@ def test_existing_instances_and_other_patch_sizes():
     assert model.forward_dense(torch.randn(1, 3, 56, 56)).shape == (1, 384, 4, 4)
     with pytest.raises(TypeError, match="no backbone adapter"):
         vpt.wrap_model(torch.nn.Linear(3, 3))
+
+
+def test_logs_name_a_reshaped_backbone_as_results_do(caplog):
+    """One name everywhere: the digits ViT is vit_p4_d64_l6_16px in the log lines, as in results.json."""
+    import logging
+    from pathlib import Path
+
+    import vpt
+
+    shape = dict(image_size=16, patch_size=4, embed_dim=64, depth=6, num_heads=4)
+    weights = Path(vpt.__file__).parent / "assets" / "digits_vit.safetensors"
+    with caplog.at_level(logging.INFO, logger="vpt.backbones.factory"):
+        vpt.create_backbone("vit_tiny_patch16_224", pretrained=str(weights), **shape)
+        vpt.create_backbone("vit_tiny_patch16_224", pretrained=False, **shape)
+    loaded, random_init = [r.getMessage() for r in caplog.records]
+    assert "tensors of vit_p4_d64_l6_16px from" in loaded
+    assert random_init.startswith("vit_p4_d64_l6_16px: random weights")
+    assert "vit_tiny_patch16_224" not in loaded + random_init

@@ -204,3 +204,9 @@ def test_missing_pipeline_data_stops_before_any_measurement(tmp_path):
     with pytest.raises(SystemExit, match="is not a folder; pass an ImageFolder"):
         run(["--pipeline-images", "4", "--pipeline-data", str(tmp_path / "missing"), "--out", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+
+def test_random_weights_are_said_once_not_once_per_worker(bench_run):
+    lines = [line for line in bench_run.stderr.splitlines() if "random weights" in line]
+    assert lines == ["[vpt-bench] random weights (pretrained=False): speed and memory do not depend on the weights"]

@@ -78,6 +78,41 @@ def test_train_then_eval_the_saved_prompt_file(tmp_path):
     assert evaluated["val_top1"] == pytest.approx(results["val_top1"])
 
 
+def test_eval_of_the_latest_run_scores_the_splits_it_was_trained_on(tmp_path):
+    """No <date> to type and no data settings to repeat: outputs/<name>/latest/best, scored on the recorded split."""
+    trained = vpt("vpt-train", *QUICK, "seed=3", cwd=tmp_path, check=0)  # default run dir outputs/deep_digits/<date>
+    latest = tmp_path / "outputs" / "deep_digits" / "latest"
+    assert latest.is_symlink() and not Path(os.readlink(latest)).is_absolute()
+    (run,) = [p for p in latest.parent.iterdir() if p.name != "latest"]
+    assert latest.resolve() == run.resolve()
+    results = read_results(run)
+    evaluated = vpt("vpt-eval", "prompt_file=outputs/deep_digits/latest/best", "hydra.run.dir=eval", cwd=tmp_path,
+                    check=0)
+    scores = read_results(tmp_path / "eval")
+    assert scores["val_top1"] == results["val_top1"] and scores["test_top1"] == results["test_top1"]
+    assert scores["data_seed"] == 3 and scores["images"]["val"] > 0 and scores["images"]["test"] > 0
+    line = (f"scoring digits: val {scores['images']['val']} images, test {scores['images']['test']} images; "
+            "data settings from the prompt file")
+    assert line in evaluated.stdout + evaluated.stderr
+    # a setting given on the command line changes that setting only, and the line says so
+    vpt("vpt-eval", "prompt_file=outputs/deep_digits/latest/best", "data.val_fraction=0.25", "hydra.run.dir=eval2",
+        cwd=tmp_path, check=0)
+    changed = read_results(tmp_path / "eval2")
+    assert changed["images"]["val"] > scores["images"]["val"] and changed["images"]["test"] == scores["images"]["test"]
+    assert changed["data_source"] == "the prompt file, with data.val_fraction from the command line"
+
+
+def test_a_date_placeholder_or_a_missing_prompt_file_is_one_message(tmp_path):
+    result = vpt("vpt-eval", "prompt_file=outputs/deep_digits/<date>/best", cwd=tmp_path, check=2)
+    assert "holds the placeholder <date>" in result.stderr and "prompt_file=outputs/deep_digits/latest/best" in result.stderr
+    assert "Lexer" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+    (tmp_path / "outputs" / "deep_digits" / "2026-01-02_10-00-00" / "best").mkdir(parents=True)
+    (tmp_path / "outputs" / "deep_digits" / "2026-01-02_10-00-00" / "best" / "prompt.json").write_text("{}")
+    result = vpt("vpt-eval", "prompt_file=outputs/deep_digits/2026-01-03/best", cwd=tmp_path, check=2)
+    assert result.stderr.count("error:") == 1 and "does not exist" in result.stderr
+    assert "2026-01-02_10-00-00" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_unknown_group_option_lists_the_valid_names(tmp_path):
     result = vpt("vpt-train", "prompt=nope", cwd=tmp_path)
     assert result.returncode != 0
@@ -143,7 +178,8 @@ def test_optuna_search_refuses_to_score_on_trained_val(tmp_path):
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, strip_timing):
     # prompt dropout exercises the RNG; 4 epochs of 3 batches leave time to kill after the first one
     args = ["trainer.epochs=4", "data.train_size=120", "data.val_fraction=0.1", "trainer.batch_size=40",
-            "prompt.dropout=0.1", "prompt.length=4", "trainer.progress_bar=false"]
+            "prompt.dropout=0.1", "prompt.length=4", "trainer.progress_bar=false",
+            "trainer.cpu_threads=1"]  # one count for both runs: by default it follows the machine's load
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     vpt("vpt-train", *args, f"hydra.run.dir={reference}", cwd=tmp_path, check=0)
 

@@ -51,3 +51,56 @@ def test_trainer_config_applies_it_on_cpu_only(monkeypatch):
     engine.configure_cpu(OmegaConf.create({"cpu_threads": None, "cpu_retain_freed_memory": False}), torch.device("cpu"))
     engine.configure_cpu(OmegaConf.create({"cpu_threads": None, "cpu_retain_freed_memory": True}), torch.device("meta"))
     assert calls == [True]
+
+
+# ---- thread count on a shared machine -------------------------------------------------------------------------
+@pytest.mark.parametrize("load, threads, busy", [(0.0, 2, False), (0.4, 2, False), (0.6, 1, True), (1.0, 1, True),
+                                                 (5.1, 1, True)])
+def test_threads_follow_the_idle_cores_of_two(load, threads, busy):
+    from vpt.cpu import choose_cpu_threads
+
+    choice = choose_cpu_threads(None, cores=2, load=load, default=2, environ={})
+    assert (choice.threads, choice.busy) == (threads, busy)
+
+
+def test_thread_choice_on_a_bigger_machine_and_its_message():
+    from vpt.cpu import choose_cpu_threads
+
+    assert choose_cpu_threads(None, cores=16, load=3.2, default=16, environ={}).threads == 13
+    assert choose_cpu_threads(None, cores=16, load=0.0, default=8, environ={}).threads == 8  # never above torch's
+    assert choose_cpu_threads(None, cores=4, load=0.0, default=16, environ={}).threads == 4  # affinity caps it
+    busy = choose_cpu_threads(None, cores=2, load=5.1, default=2, environ={})
+    assert busy.message() == ("machine busy: load 5.1 on 2 cores, using 1 thread; set trainer.cpu_threads=N to "
+                              "override")
+
+
+def test_an_explicit_thread_count_is_kept_whatever_the_load():
+    from vpt.cpu import choose_cpu_threads
+
+    assert choose_cpu_threads(3, cores=2, load=9.0, default=2, environ={}).threads == 3  # trainer.cpu_threads=3
+    kept = choose_cpu_threads(None, cores=2, load=9.0, default=2, environ={"OMP_NUM_THREADS": "2"})
+    assert kept.threads is None and not kept.busy  # OMP_NUM_THREADS: torch's setting from it stays
+
+
+def test_a_busy_machine_is_said_in_one_line(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from vpt import cpu
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu, "available_cores", lambda: 2)
+    monkeypatch.setattr(cpu, "load_on_cores", lambda cores: 5.1)
+    monkeypatch.setattr(cpu, "_TORCH_DEFAULT_THREADS", 2)
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="vpt.cpu"):
+            choice = cpu.set_cpu_threads(None, "cpu")
+        assert torch.get_num_threads() == 1 and choice.threads == 1
+        assert [r.getMessage() for r in caplog.records] == [choice.message()]
+        caplog.clear()
+        monkeypatch.setattr(cpu, "load_on_cores", lambda cores: 0.1)
+        assert cpu.set_cpu_threads(None, "cpu").threads == 2 and not caplog.records  # idle: nothing said
+    finally:
+        torch.set_num_threads(before)

@@ -206,3 +206,23 @@ def test_a_multi_task_slurm_job_of_the_launcher_becomes_ranks(monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.delenv("RANK")
     assert not distributed.export_slurm_ranks()  # one task: a single-process run
+
+
+def test_ddp_wrapping_raises_no_deprecation_warning(tmp_path):
+    """DDP without buffer sync in forward, through the option this torch offers (no FutureWarning on every rank)."""
+    import warnings
+
+    import torch.distributed as dist
+
+    from vpt.engine import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            wrapped = distributed.wrap_model(torch.nn.Linear(2, 2), distributed.DistContext(world_size=2),
+                                             torch.device("cpu"))
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+        assert not getattr(wrapped, "forward_sync_buffers", getattr(wrapped, "broadcast_buffers", True))
+    finally:
+        dist.destroy_process_group()

@@ -344,3 +344,15 @@ def test_engine_cannot_unpickle():
     paths = [p for p in sorted((REPO / "vpt").rglob("*.py")) if _is_engine(p)]
     offenders = _scan(paths)
     assert paths and not offenders, "these can run code from a file:\n" + "\n".join(offenders)
+
+
+def test_latest_link_points_at_the_newest_run_and_is_replaced_in_one_rename(tmp_path):
+    from vpt.files import update_latest_link
+
+    first, second = tmp_path / "2026-01-01_10-00-00", tmp_path / "2026-01-01_10-05-00"
+    for run in (first, second):
+        (run / "best").mkdir(parents=True)
+    assert update_latest_link(first) == tmp_path / "latest" and (tmp_path / "latest").resolve() == first.resolve()
+    update_latest_link(second)
+    assert os.readlink(tmp_path / "latest") == second.name  # relative: the outputs folder can move
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, second.name, "latest"]  # no temp links left

@@ -72,7 +72,9 @@ def test_model_card_names_backbone_method_and_metrics(trained, tmp_path):
     assert "| test_top1 | 87.65 |" in text and "| val_top1 | 81.25 |" in text and "| dataset | digits |" in text
     assert "3 classes (a, b, c)" in text
     assert "size:" not in text  # a pixel-prompt setting, unused by deep prompts
-    assert 'vpt.PromptedModel.from_pretrained("someone/vpt-deep", backbone=my_backbone)' in text
+    assert 'vpt.PromptedModel.from_pretrained("someone/vpt-deep", backbone=backbone)' in text
+    assert "backbone = my_backbone" in text  # built in code: the card says to pass the same instance
+    assert "- head: linear (trained), 3 classes" in text and "train_head" not in text
     manifest = json.loads((directory / "prompt.json").read_text())
     assert manifest["backbone"]["fingerprint"] in text
 
@@ -85,6 +87,24 @@ def test_model_card_describes_recorded_weights():
     assert hub.describe_weights({"name": "vit_tiny_patch16_224", "pretrained": "/home/me/w/digits_vit.safetensors",
                                  "kwargs": {}}) == "a local weights file `digits_vit.safetensors`"  # no local path
     assert hub.describe_weights({"name": "vit_s", "pretrained": False, "kwargs": {}}).startswith("random init")
+
+
+def test_model_card_of_a_zero_shot_head_says_frozen_and_builds_the_recorded_backbone():
+    manifest = {"backbone": {"name": "open_clip:ViT-B-32", "fingerprint": "f" * 64,
+                             "create_args": {"name": "open_clip:ViT-B-32", "pretrained": "openai", "kwargs": {},
+                                             "image_size": None}},
+                "prompt": {"method": "pad", "size": 30, "train_head": True, "length": 10},
+                "head": {"kind": "zero_shot", "num_classes": 2}, "class_names": ["cat", "dog"],
+                "tensors": {"prompt.pad_up": [1, 3, 30, 224]}}  # no head.* tensors: the text head stayed frozen
+    text = hub.build_model_card(manifest, None, "someone/clip-pad").text
+    assert "- head: zero_shot (frozen), 2 classes (cat, dog)" in text and "train_head" not in text
+    assert "backbone = vpt.create_backbone(\"open_clip:ViT-B-32\", pretrained='openai')" in text
+    assert 'vpt.PromptedModel.from_pretrained("someone/clip-pad", backbone=backbone)' in text
+    local = {**manifest["backbone"]["create_args"], "name": "vit_tiny_patch16_224", "pretrained": "digits_vit.safetensors",
+             "pretrained_sha256": "a" * 64, "image_size": 16, "kwargs": {"patch_size": 4}}
+    assert hub._backbone_snippet(local) == [
+        "backbone = vpt.create_backbone(\"vit_tiny_patch16_224\", pretrained='path/to/digits_vit.safetensors', "
+        "image_size=16, patch_size=4)  # the frozen encoder it was tuned on"]
 
 
 def test_model_card_without_results_uses_checkpoint_metrics(trained, tmp_path):
@@ -130,6 +150,8 @@ def test_download_failure_names_repo_and_local_alternative(monkeypatch):
 
     monkeypatch.setattr(hub, "snapshot_download", unreachable)
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
+    import vpt.online
+    monkeypatch.setattr(vpt.online, "_reachability", {hub.constants.ENDPOINT: True})  # the endpoint answered the probe
     with pytest.raises(WeightsUnavailableError, match=r"could not download 'someone/vpt-deep' .*Network is unreachable"
                                                       r".*pass its path"):
         hub.from_pretrained("someone/vpt-deep")

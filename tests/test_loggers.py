@@ -57,7 +57,16 @@ def wandb_records(path):
 
 
 def offline_run_records(run_dir):
-    """Run records (config, group, tags, job_type, name) of the wandb offline runs under ``run_dir``, oldest first."""
+    """Run records (config, group, tags, job_type, name) of the wandb offline runs under ``run_dir``, oldest first.
+
+    Read only once wandb has closed them: ``run.finish()`` returns when the exit record is handled, but it only
+    *informs* wandb's service process that the run is done (a message, not a wait); the service closes and flushes
+    the run's transaction log after that, on its own time. ``wandb.teardown()`` is wandb's documented "wait for
+    W&B to finish": it shuts the service down and waits for it to exit, so every file it wrote is complete.
+    A run in a subprocess is complete once the subprocess has exited (wandb tears down at exit)."""
+    import wandb
+
+    wandb.teardown()  # no-op when this process started no wandb run
     records = []
     for log_file in sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")):
         runs = [r.run for r in wandb_records(log_file) if r.WhichOneof("record_type") == "run"]

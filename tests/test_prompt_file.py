@@ -117,3 +117,28 @@ def test_pixel_prompt_and_bias_files(tmp_path, tiny_vit_factory):
     bias = PromptedModel(tiny_vit_factory(), PromptConfig("bias"), num_classes=3)
     keys = set(bias.trainable_state_dict())
     assert keys and all(k.endswith("bias") or k.startswith("head.") for k in keys)
+
+
+def test_eval_data_settings_follow_the_recorded_run_unless_another_dataset_is_chosen():
+    """vpt-eval's data: the recorded settings, the same data group (README's data=shapes) keeps them, another group
+    (digits_source for a digits_target file: both named digits) is scored as configured, data.KEY changes one."""
+    from hydra import compose, initialize_config_module
+
+    import vpt.cli
+    from vpt.engine.evaluation import eval_data_settings
+
+    vpt.cli.register_resolvers()
+    recorded = {"name": "digits", "classes": [5, 6, 7, 8, 9], "train_size": 64, "val_fraction": 0.1}
+    manifest = {"data": recorded, "data_seed": 3, "data_choice": "digits_target"}
+
+    def settings(*overrides):
+        with initialize_config_module("vpt.configs", version_base="1.3"):
+            cfg = compose("eval", overrides=["prompt_file=x", "output_dir=unused", *overrides])
+        return eval_data_settings(cfg, manifest, "x", list(overrides))
+
+    assert settings() == (recorded, 3, "the prompt file")
+    assert settings("data=digits_target")[0] == recorded
+    other, seed, source = settings("data=digits_source", "seed=1")
+    assert other["classes"] == [0, 1, 2, 3, 4] and seed == 1 and "trained on digits_target" in source
+    changed, _, source = settings("data.val_fraction=0.5")
+    assert changed == {**recorded, "val_fraction": 0.5} and source.endswith("with data.val_fraction from the command line")

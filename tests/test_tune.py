@@ -234,11 +234,16 @@ def test_cli_splits_tune_options_from_vpt_train_overrides():
 
 # ---- runners ------------------------------------------------------------------------------------------------
 FAKE_VPT_TRAIN = """#!{python}
-import json, os, sys, time
+import glob, json, os, sys, time
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 run_dir = args["hydra.run.dir"]
 open(os.path.join(run_dir, "..", "started-" + os.path.basename(run_dir)), "w").write(str(time.time()))
-time.sleep(0.3)
+meet = int(os.environ.get("FAKE_VPT_TRAIN_MEET", "0"))  # wait until this many runs have started (a barrier, so
+deadline = time.time() + 60                             # overlap does not depend on how fast processes start)
+while meet and len(glob.glob(os.path.join(run_dir, "..", "started-*"))) < meet and time.time() < deadline:
+    time.sleep(0.01)
+if not meet:
+    time.sleep(0.3)
 if args.get("fail") == "yes":
     print("Traceback: something broke"); sys.exit(1)
 json.dump({{"status": "completed", "argv": sys.argv[1:]}}, open(os.path.join(run_dir, "results.json"), "w"))
@@ -254,7 +259,10 @@ def fake_vpt_train(tmp_path):
     return str(exe)
 
 
-def test_subprocess_runner_runs_at_most_jobs_at_a_time(tmp_path, fake_vpt_train):
+def test_subprocess_runner_runs_at_most_jobs_at_a_time(tmp_path, fake_vpt_train, monkeypatch):
+    # each fake run waits until two have started: two at once happens by construction, however slow the machine
+    # (with a fixed sleep, a loaded machine could start the second run after the first had ended)
+    monkeypatch.setenv("FAKE_VPT_TRAIN_MEET", "2")
     runs = [TrainRun(f"r{i}", tmp_path / "runs" / f"r{i}", [f"seed={i}"]) for i in range(4)]
     for run in runs:
         run.dir.mkdir(parents=True)

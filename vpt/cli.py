@@ -5,7 +5,7 @@
     vpt-train backbone=vit_b16_in21k prompt=deep prompt.length=50 data=cifar100 data.root=/data/cifar100
     vpt-train -m prompt=shallow,deep prompt.length=1,10,50
     vpt-train experiment=digits_pretrain
-    vpt-eval prompt_file=outputs/deep_digits/<date>/best data=digits_target
+    vpt-eval prompt_file=outputs/deep_digits/latest/best       # the newest deep_digits run (data as trained)
 
 Errors the user can fix (:class:`vpt.errors.VptError`) print one message and exit with status 2.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from importlib import resources
 
@@ -20,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones.portable import RecordedWeightsNotFoundError
-from .errors import ConfigError, VptError, WeightsUnavailableError
+from .errors import ConfigError, TargetWeightsUnavailableError, VptError, WeightsUnavailableError
 from .sweep import in_multirun
 
 CONFIG_PATH = "pkg://vpt.configs"  # the packaged configs/, so the commands work from any directory
@@ -31,6 +32,8 @@ REFERENCE_IMAGE_SIZE = 224  # pixel-prompt sizes in the configs are given at thi
 COMMAND_LINE_HINTS = {
     RecordedWeightsNotFoundError: "on the command line: vpt-eval prompt_file=... pretrained=/path/to/the/weights/file "
                                   "(or a folder holding it)",
+    TargetWeightsUnavailableError: "on the command line: backbone.pretrained=false or "
+                                   "'+backbone.pretrained_cfg_overlay={file:/path/to/weights.safetensors}'",
     WeightsUnavailableError: "on the command line: backbone.pretrained=false or backbone.pretrained=/path/to/weights",
 }
 
@@ -105,6 +108,25 @@ def _eval(cfg: DictConfig) -> float | None:
     return results.get("test_top1")
 
 
+PLACEHOLDER = re.compile(r"<[A-Za-z_ -]+>")  # <date>, <run dir>, <name> copied from the docs
+
+
+def check_placeholders(program: str, argv: list[str]) -> None:
+    """An argument holding a placeholder from the docs (``prompt_file=outputs/deep_digits/<date>/best``) is one
+    message saying what to put there, before Hydra's override lexer (which cannot parse ``<``) sees it."""
+    for argument in argv:
+        found = PLACEHOLDER.search(argument)
+        if not found:
+            continue
+        key, _, value = argument.partition("=")
+        fix = "replace it with the run folder's name"
+        if found.group(0) == "<date>":
+            fix = (f"use latest, the newest run of that name ({key}={value.replace('<date>', 'latest')}), or "
+                   f"a run folder's name (ls {value.split('<date>')[0] or '.'})")
+        print(f"{program}: error: {argument!r} holds the placeholder {found.group(0)}; {fix}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
 # Libraries whose INFO lines are plugin noise on the console (the Optuna sweeper's database migrations)
 QUIET_LOGGERS = ("alembic",)
 
@@ -117,12 +139,14 @@ def quiet_plugin_loggers() -> None:
 
 
 def train_main() -> None:
+    check_placeholders("vpt-train", sys.argv[1:])
     register_resolvers()
     quiet_plugin_loggers()
     _train()
 
 
 def eval_main() -> None:
+    check_placeholders("vpt-eval", sys.argv[1:])
     register_resolvers()
     quiet_plugin_loggers()
     _eval()

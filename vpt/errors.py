@@ -9,6 +9,10 @@ class WeightsUnavailableError(VptError, RuntimeError):
     pass
 
 
+class TargetWeightsUnavailableError(WeightsUnavailableError):
+    """A ``backbone._target_`` (e.g. timm.create_model with pretrained: true) could not fetch its weights."""
+
+
 class PromptFileError(VptError, ValueError):
     pass
 

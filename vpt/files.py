@@ -373,3 +373,26 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool,
         os.replace(run_dir / name, aside / name)
     log.warning("trainer.overwrite: moved the earlier results (%s) to %s", ", ".join(found), aside)
     return aside
+
+
+LATEST_LINK = "latest"
+
+
+def update_latest_link(run_dir: str | os.PathLike) -> Path | None:
+    """Point ``<run_dir's parent>/latest`` at ``run_dir`` (a relative symlink), replacing the previous link in one
+    rename, so ``outputs/<name>/latest/best`` is always the newest run's prompt file. Returns the link, or None
+    where links cannot be made (the run itself is unaffected)."""
+    run_dir = Path(run_dir)
+    link = run_dir.parent / LATEST_LINK
+    if link.exists() and not link.is_symlink():
+        log.warning("%s exists and is not a link; not pointing it at the newest run", link)
+        return None
+    temporary = run_dir.parent / f".{LATEST_LINK}.{secrets.token_hex(4)}"
+    try:
+        os.symlink(run_dir.name, temporary, target_is_directory=True)
+        os.replace(temporary, link)  # atomic: readers see the old or the new run, never no link
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        log.warning("could not point %s at %s (%s)", link, run_dir, error)
+        return None
+    return link

@@ -109,7 +109,7 @@ def build_model_card(manifest: Mapping[str, Any], results: Mapping[str, Any] | N
     create_args = backbone.get("create_args")
     classes = manifest.get("class_names") or []
     num_params = sum(_prod(shape) for shape in manifest.get("tensors", {}).values())
-    load_args = f'"{load_name}"' if create_args else f'"{load_name}", backbone=my_backbone'
+    head_trained = any(name.startswith("head.") for name in manifest.get("tensors", {}))
     lines = [
         f"# vpt prompt: {prompt['method']} on {backbone['name']}", "",
         "A prompt file of vpt (visual prompt tuning): only the trained tensors (prompts and head) for a frozen "
@@ -122,13 +122,14 @@ def build_model_card(manifest: Mapping[str, Any], results: Mapping[str, Any] | N
         "## Prompt", "",
         f"- method: `{prompt['method']}`",
         *[f"- {key}: `{value}`" for key, value in _relevant_prompt_fields(prompt).items()],
-        f"- head: {head['kind']}, {head.get('num_classes') or len(classes)} classes"
+        f"- head: {head['kind']} ({'trained' if head_trained else 'frozen'}), "
+        f"{head.get('num_classes') or len(classes)} classes"
         + (f" ({', '.join(map(str, classes[:20]))}{', ...' if len(classes) > 20 else ''})" if classes else ""),
         f"- trained tensors: {num_params:,} values in `{WEIGHTS_NAME}`", "",
         "## Results", "", *_metric_rows(results, manifest), "",
         "## How to load", "",
-        "```python", "import vpt", "",
-        f"model = vpt.PromptedModel.from_pretrained({load_args})", "```", "",
+        "```python", "import vpt", "", *_backbone_snippet(create_args),
+        f'model = vpt.PromptedModel.from_pretrained("{load_name}", backbone=backbone)', "```", "",
     ]
     if not create_args:
         lines += ["This prompt was trained on a backbone instance built in code: pass the same backbone "
@@ -139,11 +140,32 @@ def build_model_card(manifest: Mapping[str, Any], results: Mapping[str, Any] | N
     return ModelCard(f"---\n{_card_metadata(manifest).to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+def _backbone_snippet(create_args: Mapping[str, Any] | None) -> list[str]:
+    """The line of the loading snippet that builds the frozen backbone the prompt was tuned on."""
+    if not create_args:
+        return ["backbone = my_backbone  # the backbone instance it was trained on (same weights)"]
+    pretrained = create_args.get("pretrained")
+    if create_args.get("pretrained_sha256"):
+        pretrained = f"path/to/{pretrained}"  # a local file: by name only (the card may go public)
+    elif str(pretrained) == "True":
+        pretrained = True
+    arguments = [f'"{create_args.get("name")}"', f"pretrained={pretrained!r}"]
+    if create_args.get("image_size"):
+        arguments.append(f"image_size={int(create_args['image_size'])}")
+    arguments += [f"{key}={value!r}" for key, value in (create_args.get("kwargs") or {}).items()]
+    return [f"backbone = vpt.create_backbone({', '.join(arguments)})  # the frozen encoder it was tuned on"]
+
+
+# prompt-config fields the card shows elsewhere (whether the head is trained: from the saved tensors)
+CARD_OMITTED_FIELDS = {"method", "train_head"}
+
+
 def _relevant_prompt_fields(prompt: Mapping[str, Any]) -> dict[str, Any]:
     """The prompt settings this method uses (its own options: a pad prompt has no token length)."""
     from .config import PromptConfig
 
-    return {key: value for key, value in PromptConfig.from_dict(dict(prompt)).to_dict().items() if key != "method"}
+    fields = PromptConfig.from_dict(dict(prompt)).to_dict().items()
+    return {key: value for key, value in fields if key not in CARD_OMITTED_FIELDS}
 
 
 def _prod(shape) -> int:
@@ -169,8 +191,9 @@ def _download_error(repo_id: str, revision: str | None, err: Exception) -> Weigh
     elif isinstance(err, HFValidationError):
         reason = f"{repo_id!r} is neither an existing directory nor a valid Hub repo id ('owner/name')"
     elif isinstance(err, OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
-        reason = (f"the Hub is offline (HF_HUB_OFFLINE is set) and {where} is not in the local cache; "
-                  "unset HF_HUB_OFFLINE to download it")
+        from .online import why_offline
+
+        reason = f"{where} is not in the local cache and the Hub is offline here ({why_offline()})"
     else:
         reason = f"could not download {where} from the Hugging Face Hub ({type(err).__name__}: {err})"
     return WeightsUnavailableError(f"prompt repo {where}: {reason}; {LOCAL_DIR_HINT}")
@@ -186,11 +209,14 @@ def resolve_prompt_dir(repo_or_dir: str | os.PathLike, revision: str | None = No
     if isinstance(repo_or_dir, os.PathLike) or _looks_like_local_path(repo_id):
         raise PromptFileError(f"no prompt directory {str(path)!r}; pass the folder written by save_pretrained / "
                               "save_prompt, or a Hub repo id such as 'owner/my-vpt-prompt'")
-    try:
-        local = snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
-                                  allow_patterns=HUB_FILES, library_name="vpt")
-    except (OSError, HfHubHTTPError, HFValidationError) as err:  # OSError covers the cache / offline misses
-        raise _download_error(repo_id, revision, err) from err
+    from .online import hub_access
+
+    with hub_access():  # an unreachable hub: cache only, at once, instead of a minute of retries
+        try:
+            local = snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
+                                      allow_patterns=HUB_FILES, library_name="vpt")
+        except (OSError, HfHubHTTPError, HFValidationError) as err:  # OSError covers the cache / offline misses
+            raise _download_error(repo_id, revision, err) from err
     local = Path(local)
     if not (local / WEIGHTS_NAME).is_file() or not (local / MANIFEST_NAME).is_file():
         raise PromptFileError(f"the Hub repo {repo_id!r} holds no {WEIGHTS_NAME} + {MANIFEST_NAME}: it is not a vpt "

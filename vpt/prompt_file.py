@@ -82,6 +82,8 @@ def save_prompt(model, path, **extra: Any) -> Path:
 def read_prompt_file(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(manifest, tensors), with one clear error for a missing, truncated or corrupt file."""
     weights_path, manifest_path = _paths(path)
+    if not Path(path).exists() and not weights_path.parent.exists():
+        raise PromptFileError(f"prompt file {str(path)!r} does not exist{_runs_near(Path(path))}")
     for p in (weights_path, manifest_path):
         if not p.is_file():
             run_dir = f"; {str(path)!r} is a run dir: pass {str(Path(path) / 'best')!r} (or last)" \
@@ -97,6 +99,21 @@ def read_prompt_file(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     tensors, weights_meta = _read_weights(weights_path)
     _check_same_save(manifest, weights_meta, tensors, weights_path, manifest_path)
     return manifest, tensors
+
+
+def _runs_near(path: Path) -> str:
+    """``; runs in outputs/deep_digits: latest, 2026-01-02_10-00-00, ...`` for the nearest existing folder above a
+    missing prompt-file path (``outputs/<name>/latest/best`` is the newest run's best/)."""
+    folder = path.parent
+    while folder != folder.parent and not folder.is_dir():
+        folder = folder.parent
+    if not folder.is_dir() or str(folder) in ("", "."):
+        return "; pass a prompt file directory (a run's best/ or last/), e.g. outputs/<name>/latest/best"
+    runs = sorted((p.name for p in folder.iterdir() if (p / "best" / MANIFEST_NAME).is_file()), reverse=True)
+    if not runs:
+        return f"; {str(folder)!r} holds no run with a best/ prompt file"
+    shown = ", ".join(runs[:6]) + (f" (+{len(runs) - 6} more)" if len(runs) > 6 else "")
+    return f"; runs in {str(folder)!r}: {shown} (pass {str(folder / runs[0] / 'best')!r})"
 
 
 def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

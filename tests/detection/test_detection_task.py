@@ -37,9 +37,10 @@ def test_shapes_quickstart_trains_and_its_prompt_file_reproduces_the_predictions
 
     # vpt-eval rebuilds the detector from the prompt file alone and predicts exactly what training wrote
     evaluation = tmp_path / "eval"
-    eval_cfg = config(f"prompt_file={run / 'best'}", "data=shapes", *SHAPES, "trainer.eval_batch_size=8",
-                      "trainer.cpu_threads=1", config_name="eval")
-    again = evaluate_prompt_file(eval_cfg, evaluation)
+    # README's command: data=shapes (whose defaults are 256/64/128 images) scores the 4/8 split training recorded
+    command_line = [f"prompt_file={run / 'best'}", "data=shapes", "trainer.eval_batch_size=8", "trainer.cpu_threads=1"]
+    again = evaluate_prompt_file(config(*command_line, config_name="eval"), evaluation, overrides=command_line)
+    assert again["images"] == {"val": 4, "test": 8} and again["data_source"] == "the prompt file"
     assert json.loads((evaluation / "predictions_test.json").read_text()) == \
         json.loads((run / "predictions_test.json").read_text())
     assert again["test_map"] == results["test_map"]

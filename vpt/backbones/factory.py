@@ -6,6 +6,7 @@ pretrained tag / open_clip pretrained name), or a path to a local .pth / .bin / 
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UnknownNameError, WeightsUnavailableError
+from ..online import describe_failure, hub_access, why_offline
 from .base import BackboneAdapter, wrap_model
+from .naming import display_name
 from .portable import weights_record
 from .weights import load_checked
 
@@ -30,11 +33,17 @@ def _looks_like_path(pretrained: Any) -> bool:
 
 def _offline_error(name: str, source: str, err: Exception) -> WeightsUnavailableError:
     return WeightsUnavailableError(
-        f"could not fetch pretrained weights for {name!r} from {source} ({type(err).__name__}: {err}). "
-        "This machine may be offline. Either pass pretrained=false (random init, e.g. for smoke tests) or "
+        f"could not fetch pretrained weights for {name!r} from {source} ({describe_failure(_root_cause(err))}); "
+        f"the hub is offline here: {why_offline()}. Either pass pretrained=false (random init, e.g. for smoke tests) or "
         "download the weights elsewhere and pass a local file: pretrained=/path/to/weights.safetensors "
         "(.pth, .bin, .safetensors and .npz are read)."
     )
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 
 def _check_file(path: str) -> str:
@@ -59,11 +68,15 @@ def create_timm_backbone(name: str, pretrained: Any = True, allow_partial: bool 
         path = _check_file(pretrained)
         model = timm.create_model(name, pretrained=False, **kwargs)
         report = load_checked(model, path, allow_partial=allow_partial)  # checked, no pickle; one error if it does not fit
-        log.info("loaded %d of %d tensors of %s from %s", report["matched"], report["expected"], name, path)
+        adapter = wrap_model(model, name=name)
+        log.info("loaded %d of %d tensors of %s from %s", report["matched"], report["expected"],
+                 display_name(name, kwargs, adapter), path)  # the name results.json will use
+        return adapter
     else:
         tagged = f"{arch}.{pretrained}" if isinstance(pretrained, str) and "." not in name else name
         try:
-            model = timm.create_model(tagged, pretrained=bool(pretrained), **kwargs)
+            with hub_access() if pretrained else contextlib.nullcontext():
+                model = timm.create_model(tagged, pretrained=bool(pretrained), **kwargs)
         except (OSError, RuntimeError, ValueError) as err:
             if not pretrained:
                 raise
@@ -91,7 +104,8 @@ def create_open_clip_backbone(name: str, pretrained: Any = True, allow_partial: 
             raise WeightsUnavailableError(f"open_clip has no pretrained weights for {name!r}; pass pretrained=false")
         weights = tags[0]
     try:
-        model = open_clip.create_model(name, pretrained=weights, **kwargs)
+        with hub_access() if weights else contextlib.nullcontext():
+            model = open_clip.create_model(name, pretrained=weights, **kwargs)
     except Exception as err:
         if weights is None:
             raise
@@ -136,11 +150,11 @@ def create_backbone(name: str, pretrained: Any = True, image_size: int | None = 
             raise ConfigError(f"the input size is given twice ({size_arg}={build_kwargs[size_arg]} and "
                               f"image_size={image_size}); set it once, as backbone.image_size")
         build_kwargs[size_arg] = int(image_size)
-    if not pretrained:
-        log.warning("%s: random weights (pretrained=False); pass pretrained=True or a weights file for a real backbone",
-                    name)
     adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, allow_partial=allow_partial_weights,
                                        **build_kwargs)
+    if not pretrained:
+        log.warning("%s: random weights (pretrained=False); pass pretrained=True or a weights file for a real backbone",
+                    display_name(name, kwargs, adapter))
     # how to rebuild it: written into prompt files so `vpt-eval` can recreate the backbone
     # a weights file by name + sha256, not this machine's path: the prompt file stays loadable when moved
     adapter.create_args = {"name": name, **weights_record(pretrained), "kwargs": kwargs, "image_size": image_size}

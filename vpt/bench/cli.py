@@ -93,6 +93,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
         sys.stdout.flush()
         return None
     spec, methods = spec_from_args(args)
+    from .models import RANDOM_WEIGHTS_LINE
+
+    _say(RANDOM_WEIGHTS_LINE)  # once here, not once per worker process
     if spec["task"] == "detection":
         results = measure_detection(spec, methods, args.workers, args.timeout)
         print(format_detection_table(results))

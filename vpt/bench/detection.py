@@ -29,9 +29,11 @@ def detection_batch(spec: dict[str, Any], device: str) -> tuple[list[torch.Tenso
 def build_detector(spec: dict[str, Any], method: str):
     import vpt
     from ..detection.prompt_files import DetectorModel
-    from .models import backbone_kwargs, prompt_config
+    from .models import backbone_kwargs, prompt_config, quiet_random_weights
 
-    backbone = vpt.create_backbone(spec["backbone"], pretrained=False, dynamic_img_size=True, **backbone_kwargs(spec))
+    with quiet_random_weights():
+        backbone = vpt.create_backbone(spec["backbone"], pretrained=False, dynamic_img_size=True,
+                                       **backbone_kwargs(spec))
     encoder = vpt.PromptedModel(backbone, prompt_config(spec, method), num_classes=0)
     settings = {"detector": spec.get("detector", "faster_rcnn"), "min_size": spec["img_size"],
                 "max_size": spec["img_size"], "pyramid_channels": spec.get("pyramid_channels", 256),

@@ -3,6 +3,7 @@ forward closures it times, the plain timm VPT-deep yardstick, FLOP counting and 
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,10 +24,26 @@ def backbone_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+RANDOM_WEIGHTS_LINE = "random weights (pretrained=False): speed and memory do not depend on the weights"
+
+
+@contextlib.contextmanager
+def quiet_random_weights():
+    """No per-worker "random weights" warning from create_backbone: ``vpt-bench`` says it once, before the runs."""
+    factory = logging.getLogger("vpt.backbones.factory")
+    level = factory.level
+    factory.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        factory.setLevel(level)
+
+
 def build_backbone(spec: dict[str, Any]):
     import vpt
 
-    return vpt.create_backbone(spec["backbone"], pretrained=False, **backbone_kwargs(spec))
+    with quiet_random_weights():
+        return vpt.create_backbone(spec["backbone"], pretrained=False, **backbone_kwargs(spec))
 
 
 def prompt_config(spec: dict[str, Any], method: str) -> dict[str, Any]:

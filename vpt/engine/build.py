@@ -7,7 +7,8 @@ import torch
 from omegaconf import DictConfig
 
 from ..backbones import BackboneAdapter, create_backbone, wrap_model
-from ..errors import ConfigError
+from ..backbones.naming import ARCHITECTURE_KWARGS, display_name, shape_name  # noqa: F401 (re-exported)
+from ..errors import ConfigError, TargetWeightsUnavailableError
 from .runtime import to_plain
 
 
@@ -41,10 +42,15 @@ def build_target_backbone(cfg: Mapping[str, Any], task_options: Mapping[str, Any
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from ..online import hub_access
+
     call = {**(task_options or {}), **{key: value for key, value in cfg.items() if key not in VPT_BACKBONE_KEYS}}
     try:
-        model = instantiate(call, _convert_="all")
+        with hub_access():  # pretrained=true downloads: fail fast when the hub does not answer
+            model = instantiate(call, _convert_="all")
     except InstantiationException as error:
+        if cfg.get("pretrained") and _is_hub_failure(error):
+            raise TargetWeightsUnavailableError(_target_offline_message(cfg, error)) from error
         raise ConfigError(f"backbone._target_={cfg['_target_']} failed: {error}. Check that it is an importable "
                           "path (its module on PYTHONPATH) and that the other backbone keys are its arguments"
                           ) from error
@@ -64,8 +70,29 @@ def build_target_backbone(cfg: Mapping[str, Any], task_options: Mapping[str, Any
     return adapter  # create_args stay None: a prompt file of it is loaded with the backbone passed in
 
 
-# timm arguments that change a model's shape, so its registry name no longer says what it is
-ARCHITECTURE_KWARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+def _is_hub_failure(error: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) is a failed hub download (offline, unreachable, cache miss)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        module = type(error).__module__
+        if module.startswith(("huggingface_hub", "requests", "httpx", "urllib3")) or isinstance(
+                error, (ConnectionError, TimeoutError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _target_offline_message(cfg: Mapping[str, Any], error: BaseException) -> str:
+    from ..online import describe_failure, why_offline
+
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return (f"backbone._target_={cfg['_target_']} could not fetch pretrained weights for "
+            f"{cfg.get('model_name') or cfg.get('name')!r} ({describe_failure(cause)}); the hub is offline here: {why_offline()}. "
+            "Either pass backbone.pretrained=false (random init, e.g. for smoke tests) or download the weights "
+            "elsewhere and pass the local file: '+backbone.pretrained_cfg_overlay={file:/path/to/weights.safetensors}'")
 
 
 def backbone_label(cfg: Mapping[str, Any], adapter: BackboneAdapter) -> str:
@@ -75,18 +102,7 @@ def backbone_label(cfg: Mapping[str, Any], adapter: BackboneAdapter) -> str:
         return str(cfg["label"])
     name = str(cfg.get("name") or adapter.name)
     arguments = cfg if "_target_" in cfg else (cfg.get("kwargs") or {})
-    if adapter.supports_token_prompts and set(arguments) & set(ARCHITECTURE_KWARGS):
-        return shape_name(adapter, family=name.rpartition(":")[2].split("_")[0])
-    return name
-
-
-def shape_name(adapter: BackboneAdapter, family: str = "vit") -> str:
-    """``<family>_p<patch>_d<width>_l<depth>_<input>px`` from the built model."""
-    patch_h, patch_w = adapter.patch_size
-    height, width = adapter.data_config()["input_size"][1:]
-    patch = f"{patch_h}" if patch_h == patch_w else f"{patch_h}x{patch_w}"
-    size = f"{height}" if height == width else f"{height}x{width}"
-    return f"{family}_p{patch}_d{adapter.embed_dim}_l{adapter.num_layers}_{size}px"
+    return display_name(name, arguments, adapter)
 
 
 def input_data_config(backbone: BackboneAdapter) -> dict[str, Any]:

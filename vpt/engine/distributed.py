@@ -120,10 +120,22 @@ def wrap_model(model: torch.nn.Module, context: DistContext, device: torch.devic
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    # broadcast_buffers off: buffers of a frozen backbone never change, and a forward without collectives
-    # lets rank 0 evaluate alone
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   **no_forward_buffer_sync())
+
+
+def no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP's option for no buffer broadcast in forward: buffers of a frozen backbone never change, and a forward
+    without collectives lets rank 0 evaluate alone. ``forward_sync_buffers=False`` where torch has it (it
+    deprecates ``broadcast_buffers`` with a FutureWarning; the buffers are still synced once at init, which
+    changes nothing here: every rank builds the same frozen backbone)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def broadcast_text(text: str, context: DistContext, device: torch.device) -> str:

@@ -26,9 +26,9 @@ from omegaconf import DictConfig
 
 from ..backbones.portable import portable_config_yaml
 from ..errors import ConfigError, VptError
-from ..files import RunLock, atomic_write, check_run_dir
+from ..files import RunLock, atomic_write, check_run_dir, update_latest_link
 from ..loggers import RunFiles, Tracker
-from ..sweep import run_position
+from ..sweep import in_multirun, run_position
 from ..tasks import limited, task_from_config
 from . import checkpoints, distributed
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
@@ -210,8 +210,10 @@ class Trainer:
         return metrics.get(monitor)
 
     def save_checkpoints(self, metrics: dict[str, Any]) -> None:
+        # the data settings it was scored on: vpt-eval scores the same splits unless told otherwise
         extra = {"epoch": self.state.epoch, "metrics": {k: v for k, v in metrics.items() if not isinstance(v, list)},
-                 "dataset": self.cfg.data.name}
+                 "dataset": self.cfg.data.name, "data": to_plain(self.cfg.data), "data_seed": self.seed,
+                 "data_choice": data_choice()}
         self.model.save_prompt(self.files.last, **extra)
         score = self.monitor_score(metrics)
         if score is None:  # no held-out val: best = last, never picked on the test set
@@ -297,6 +299,13 @@ class Trainer:
         return results
 
 
+def data_choice() -> str | None:
+    """The data config group a Hydra run chose (``digits_target``, ``shapes``), None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+
+
 def build_tracker(cfg: DictConfig, run_dir, resume: bool = False) -> Tracker:
     """The experiment tracker of ``cfg.logger`` (``resume``: continue the tracker run this run dir started)."""
     from hydra.utils import instantiate
@@ -331,6 +340,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[
         with RunLock(output_dir) if context.is_main else contextlib.nullcontext():
             if context.is_main:  # rank 0 alone owns the run dir; the others wait here until it is checked
                 check_run_dir(output_dir, resume=bool(resume), overwrite=bool(cfg.trainer.get("overwrite", False)))
+                if output_dir.parent.name == str(cfg.get("name")) and not in_multirun():
+                    update_latest_link(output_dir)  # outputs/<name>/latest: no <date> to type
             # rank 0's dir on every rank (Hydra's timestamped run dir can differ by a second between ranks)
             output_dir = Path(distributed.broadcast_text(str(output_dir), context, device))
             return Trainer(cfg, output_dir).fit()
