@@ -27,6 +27,11 @@ class PromptConfig:
         the embedding width (VPT's ``PROJECT``).
     size: pixel prompt size: pad width p for ``pad``, square side for ``patch`` / ``random_patch``.
     train_head: train the classification head (False for a frozen zero-shot head).
+    n_ctx, ctx_init, csc, class_token_position, text_depth, vision_length: CLIP prompt learning (``coop``,
+        ``cocoop``, ``maple``, ``ivlp``; see :mod:`vpt.methods.clip`): text context tokens (None: the method's
+        default), init words, class-specific context (CoOp), class-name position ``end|middle|front`` (CoOp),
+        text prompt depth (IVLP; None: ``depth``), vision prompt tokens (IVLP; None: ``n_ctx``). ``depth`` is
+        MaPLe's prompt depth J and IVLP's vision depth.
     """
 
     method: str = "deep"
@@ -37,6 +42,12 @@ class PromptConfig:
     project_dim: int = 0
     size: int = 30
     train_head: bool = True
+    n_ctx: int | None = None
+    ctx_init: str | None = None
+    csc: bool = False
+    class_token_position: str = "end"
+    text_depth: int | None = None
+    vision_length: int | None = None
 
     def __post_init__(self) -> None:
         self.method_spec.validate(self)

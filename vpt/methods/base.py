@@ -50,6 +50,18 @@ class Method:
         """Prompt modules to attach to the model: ``token_prompts`` and/or ``pixel_prompt`` (may be empty)."""
         return {}
 
+    #: the method builds the model's head itself (:meth:`build_head`), e.g. CLIP text prompts from the class names
+    builds_head: bool = False
+
+    def build_head(self, cfg: "PromptConfig", backbone: "BackboneAdapter", class_names, num_classes) -> nn.Module | None:
+        """The head this method brings (``builds_head``), built from the backbone and the class names; None: the
+        model builds a linear head (or takes the one passed in)."""
+        return None
+
+    def prompt_source(self, model) -> Any:
+        """The image encoder's prompt source (see :mod:`vpt.encoder`): the model's token prompts by default."""
+        return model.token_prompts
+
     def set_trainable(self, backbone: "BackboneAdapter") -> None:
         """Turn on ``requires_grad`` for the backbone tensors this method trains (the backbone starts frozen)."""
 
