@@ -303,3 +303,25 @@ def test_other_bad_options(clip):
     with pytest.raises(ConfigError, match="builds its own head.*task=classification"):
         head = vpt.ZeroShotHead(torch.randn(4, 32))
         vpt.PromptedModel(clip, prompt="coop", class_names=NAMES, head=head)
+
+
+# ---- the offline quickstart through vpt-train -------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple", "ivlp"])
+def test_quickstart_trains_a_step_through_vpt_train(method, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    import vpt.cli
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", [
+        "vpt-train", "experiment=coop_quickstart", f"prompt={method}", "logger=none", "trainer.epochs=1",
+        "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1", "trainer.batch_size=4",
+        "trainer.eval_batch_size=8", "trainer.progress_bar=false", "trainer.cpu_threads=1", f"hydra.run.dir={run}"])
+    vpt.cli.train_main()
+    results = json.loads((run / "results.json").read_text())
+    assert results["method"] == method and results["status"] == "completed"
+    assert results["prompt_params"] == results["trainable_params"] > 0
+    manifest, tensors = vpt.read_prompt_file(run / "last")
+    assert manifest["class_names"] == ["5", "6", "7", "8", "9"] and all(k.startswith("head.") for k in tensors)
+    assert sum(t.numel() for t in tensors.values()) == results["prompt_params"]
