@@ -296,7 +296,7 @@ def test_other_bad_options(clip):
         vpt.PromptedModel(clip, prompt="maple", class_names=NAMES)  # default J = 9 on a 4-layer tower
     with pytest.raises(ConfigError, match="class_token_position='side'; valid: end, middle, front"):
         vpt.PromptConfig(method="coop", class_token_position="side")
-    with pytest.raises(ConfigError, match="CoOp options; prompt=maple"):
+    with pytest.raises(ConfigError, match=r"prompt=maple has no option\(s\) \[.csc.\]"):
         vpt.PromptConfig(method="maple", csc=True)
     with pytest.raises(ConfigError, match="fewer than prompt.n_ctx=4"):
         vpt.PromptedModel(clip, prompt="ivlp", class_names=NAMES, ctx_init="a photo", depth=2)
@@ -325,3 +325,13 @@ def test_quickstart_trains_a_step_through_vpt_train(method, tmp_path, monkeypatc
     manifest, tensors = vpt.read_prompt_file(run / "last")
     assert manifest["class_names"] == ["5", "6", "7", "8", "9"] and all(k.startswith("head.") for k in tensors)
     assert sum(t.numel() for t in tensors.values()) == results["prompt_params"]
+
+
+def test_the_bank_refuses_clip_prompt_tasks(clip, tmp_path):
+    model = vpt.PromptedModel(clip, prompt="coop", class_names=NAMES)
+    model.save_prompt(tmp_path / "coop")
+    bank = vpt.PromptBank(clip)
+    with pytest.raises(ConfigError, match="learns CLIP text prompts.*run it alone"):
+        bank.add_task("coop", tmp_path / "coop")
+    with pytest.raises(ConfigError, match="learns CLIP text prompts"):
+        bank.add_task("coop", model)

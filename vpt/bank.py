@@ -17,6 +17,7 @@ from torch import nn
 from .backbones import BackboneAdapter, wrap_model
 from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
+from .methods import get_method
 from .model import PromptedModel, check_images, fixed_input_size
 from .prompt_file import check_backbone, read_prompt_file
 
@@ -61,10 +62,10 @@ class PromptBank(nn.Module):
                                   "tasks (one pooled feature per image), so run it alone: "
                                   "vpt.detection.DetectorModel.from_prompt_file(path)")
             check_backbone(manifest, self.backbone, source, self.fingerprint)
+            self._check_shareable(name, get_method(manifest["prompt"].get("method", "deep")),
+                                  manifest["prompt"].get("method"))  # before building: a method may change the backbone
             model = PromptedModel.from_prompt_contents(manifest, tensors, source, backbone=self.backbone)
-        if not model.method.shareable_in_bank:
-            raise ConfigError(f"task {name!r} tunes backbone weights (prompt={model.prompt_config.method}); "
-                              "a bank shares one frozen backbone, so only prompt and linear-probe tasks fit")
+        self._check_shareable(name, model.method, model.prompt_config.method)
         model.eval()
         device = next(self.backbone.parameters()).device
         prompts = {k: v.detach().to(device) for k, v in model.token_prompts.effective().items()} if model.token_prompts else {}
@@ -75,6 +76,13 @@ class PromptBank(nn.Module):
         spec = {k: (v.detach().to(device) if torch.is_tensor(v) else v) for k, v in spec.items()}
         self._tasks[name] = _Task(name, prompts, pixel, spec, model.class_names)
         self._stack = None
+
+    @staticmethod
+    def _check_shareable(name: str, method, method_name: str) -> None:
+        why = method.bank_refusal()
+        if why is not None:
+            raise ConfigError(f"task {name!r} {why} (prompt={method_name}); a bank shares one frozen backbone, so "
+                              "only prompt and linear-probe tasks fit: run it alone (PromptedModel.from_prompt_file)")
 
     def remove_task(self, name: str) -> None:
         if name not in self._tasks:

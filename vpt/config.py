@@ -1,60 +1,69 @@
-"""Prompt configuration: one dataclass that says which parameters train and how prompts are built."""
+"""Prompt configuration: a method name, ``train_head``, and that method's own options (its ``config_class``)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Sequence
+import difflib
+from typing import Any
 
 from .errors import ConfigError
 from .methods import Method, get_method, method_names
 
 METHODS = method_names()  # the built-in methods; vpt.methods.method_names() also lists ones registered later
 
+#: the options every method's config carried before each method owned its options (vpt <= 0.3 prompt files and
+#: calls such as ``PromptConfig(method=m, length=3, size=4)`` for any ``m``): dropped where the method has no such
+#: option, never an error
+LEGACY_FIELDS = {"length": 10, "depth": None, "init": "xavier", "dropout": 0.0, "project_dim": 0, "size": 30}
 
-@dataclass
+
 class PromptConfig:
-    """What to tune on a frozen backbone.
+    """What to tune on a frozen backbone: ``PromptConfig(method="deep", length=10)``.
 
-    method: ``linear`` (head only), ``full`` (everything), ``bias`` (biases + head), ``shallow`` /
-        ``deep`` (VPT token prompts), ``pad`` / ``patch`` / ``random_patch`` (Bahng et al. pixel prompts).
-    length: number of prompt tokens P (token methods).
-    depth: which layers receive fresh prompts: ``None`` means the method's default (``shallow`` → [0],
-        ``deep`` → every layer); an int ``k`` means the first k layers; a list means those layers.
-    init: ``xavier`` (VPT's uniform init, fan computed from the patch size) or ``patch`` (sampled patch
-        embeddings, set by :meth:`PromptedModel.init_prompts_from_patches`).
-    dropout: dropout on prompt tokens (train mode only).
-    project_dim: if > 0, prompts live in this lower dimension and a learned linear map lifts them to
-        the embedding width (VPT's ``PROJECT``).
-    size: pixel prompt size: pad width p for ``pad``, square side for ``patch`` / ``random_patch``.
+    method: a registered method (``vpt.methods.method_names()``: ``linear``, ``full``, ``bias``, ``shallow``,
+        ``deep``, ``pad``, ...) or the dotted path of a :class:`~vpt.methods.Method` class.
     train_head: train the classification head (False for a frozen zero-shot head).
-    n_ctx, ctx_init, csc, class_token_position, text_depth, vision_length: CLIP prompt learning (``coop``,
-        ``cocoop``, ``maple``, ``ivlp``; see :mod:`vpt.methods.clip`): text context tokens (None: the method's
-        default), init words, class-specific context (CoOp), class-name position ``end|middle|front`` (CoOp),
-        text prompt depth (IVLP; None: ``depth``), vision prompt tokens (IVLP; None: ``n_ctx``). ``depth`` is
-        MaPLe's prompt depth J and IVLP's vision depth.
+    options: the method's own settings, checked against its ``config_class`` dataclass (e.g. ``TokenOptions``:
+        length, depth, init, dropout, project_dim; ``PixelOptions``: size). They read as attributes
+        (``cfg.length``); ``cfg.options`` is the dataclass instance.
     """
 
-    method: str = "deep"
-    length: int = 10
-    depth: int | Sequence[int] | None = None
-    init: str = "xavier"
-    dropout: float = 0.0
-    project_dim: int = 0
-    size: int = 30
-    train_head: bool = True
-    n_ctx: int | None = None
-    ctx_init: str | None = None
-    csc: bool = False
-    class_token_position: str = "end"
-    text_depth: int | None = None
-    vision_length: int | None = None
+    def __init__(self, method: str = "deep", train_head: bool = True, **options: Any) -> None:
+        spec = get_method(method)
+        fields = {f.name for f in dataclasses.fields(spec.config_class)}
+        unknown = sorted(set(options) - fields - set(LEGACY_FIELDS))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], fields, n=1)
+            hint = f"; did you mean prompt.{close[0]}?" if close else ""
+            raise ConfigError(f"prompt={method} has no option(s) {unknown}; its options: "
+                              f"{sorted(fields) or 'none'} (and train_head){hint}")
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "train_head", train_head)
+        try:
+            built = spec.config_class(**{k: v for k, v in options.items() if k in fields})
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"prompt={method}: {error}") from error
+        object.__setattr__(self, "options", built)
+        spec.validate(self)
 
-    def __post_init__(self) -> None:
-        self.method_spec.validate(self)
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"prompt.dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.depth, (list, tuple)):
-            self.depth = [int(d) for d in self.depth]
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"prompt={self.__dict__.get('method')} has no option {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("method", "train_head"):
+            object.__setattr__(self, name, value)
+        elif name in {f.name for f in dataclasses.fields(self.options)}:
+            setattr(self.options, name, value)
+        else:
+            raise AttributeError(f"prompt={self.method} has no option {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PromptConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "PromptConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
 
     @property
     def method_spec(self) -> Method:
@@ -74,12 +83,13 @@ class PromptConfig:
         return self.method_spec.prompt_layers(self, num_layers)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if isinstance(d["depth"], tuple):
-            d["depth"] = list(d["depth"])
-        return d
+        """``{"method": ..., <the method's options>, "train_head": ...}`` (what prompt files record)."""
+        options = dataclasses.asdict(self.options)
+        options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+        return {"method": self.method, **options, "train_head": self.train_head}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PromptConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The inverse of :meth:`to_dict`; also reads the union-of-fields dicts older prompt files hold."""
+        d = dict(d)
+        return cls(d.pop("method", "deep"), d.pop("train_head", True), **d)

@@ -28,9 +28,6 @@ LOCAL_DIR_HINT = ("to load a prompt directory on disk instead, pass its path (th
 # results.json keys shown in the card besides the val_/test_ metrics
 CONTEXT_KEYS = ("dataset", "seed", "epochs", "best_epoch", "train_size", "trainable_params", "prompt_params")
 
-TOKEN_FIELDS = {"length", "depth", "init", "dropout", "project_dim"}
-PIXEL_FIELDS = {"size"}
-
 
 class HubUploadError(VptError, RuntimeError):
     """A push to the Hub failed (no login, no write access, network)."""
@@ -143,13 +140,10 @@ def build_model_card(manifest: Mapping[str, Any], results: Mapping[str, Any] | N
 
 
 def _relevant_prompt_fields(prompt: Mapping[str, Any]) -> dict[str, Any]:
-    """The prompt settings this method uses (a pad prompt has no token length, a deep prompt no pixel size)."""
+    """The prompt settings this method uses (its own options: a pad prompt has no token length)."""
     from .config import PromptConfig
 
-    config = PromptConfig.from_dict(dict(prompt))
-    unused = set() if config.is_token else TOKEN_FIELDS
-    unused |= set() if config.is_pixel else PIXEL_FIELDS
-    return {key: value for key, value in prompt.items() if key != "method" and key not in unused}
+    return {key: value for key, value in PromptConfig.from_dict(dict(prompt)).to_dict().items() if key != "method"}
 
 
 def _prod(shape) -> int:

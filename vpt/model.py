@@ -121,13 +121,30 @@ class PromptedModel(nn.Module):
                 raise ConfigError(f"prompt={self.prompt_config.method} builds its own head (CLIP text prompts from the "
                                   "class names), so a head cannot be passed in; use task=classification (not "
                                   "task=zero_shot) on the command line, or leave head= out")
-            head = self.method.build_head(self.prompt_config, self.backbone, self.class_names, num_classes)
+            head = self.method.build_named_head(self.prompt_config, self.backbone, self.class_names, num_classes)
         self.head = self._resolve_head(head if head is not None else own_head, num_classes)
         self._set_trainable()
+        self._attach()
         # checked on every forward; read once here (data_config resolves timm's config each time)
         self._expected_input = (self.input_size, self.pixel_prompt is not None or fixed_input_size(self.backbone))
 
+    def _attach(self) -> None:
+        """The method's changes inside the backbone (:meth:`vpt.methods.Method.attach`); the parameters it adds
+        count as the method's ("prompt") parameters, the backbone's own ones as backbone parameters."""
+        self._backbone_own = frozenset(name for name, _ in self.backbone.named_parameters())
+        if not self.method.modifies_backbone:
+            return
+        attached = getattr(self.backbone, "_vpt_attached", None)
+        if attached is not None:
+            raise ConfigError(f"this backbone already carries the modules of prompt={attached} (another PromptedModel "
+                              f"was built on it); build prompt={self.prompt_config.method} on a fresh backbone")
+        self.method.attach(self)
+        self.backbone._vpt_attached = self.prompt_config.method
+        self.backbone.fast_path = False  # the fast prompted block reproduces the plain block only
+
     def _resolve_head(self, head: nn.Module | None, num_classes: int | None) -> nn.Module:
+        if head is None and num_classes:
+            head = self.method.build_head(self.prompt_config, self.backbone.feature_dim, num_classes)
         if head is None and num_classes:
             head = LinearHead(self.backbone.feature_dim, num_classes)
         head = head if head is not None else nn.Identity()
@@ -189,8 +206,9 @@ class PromptedModel(nn.Module):
         def count(module: nn.Module | None) -> int:
             return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
 
-        prompt = count(self.token_prompts) + count(self.pixel_prompt)
-        head, backbone = count(self.head), count(self.backbone)
+        head = count(self.head)
+        backbone = sum(p.numel() for name, p in self.backbone.named_parameters() if p.requires_grad and name in self._backbone_own)
+        prompt = sum(p.numel() for p in self.trainable_parameters()) - head - backbone  # what the method added
         if getattr(self.head, "owns_prompts", False):  # CLIP prompt learning: the head's tensors are prompts
             prompt, head = prompt + head, 0
         total = sum(p.numel() for p in self.parameters())
@@ -232,9 +250,9 @@ class PromptedModel(nn.Module):
             self.check_input(images)
             if self.pixel_prompt is not None:
                 images = self.pixel_prompt(images)
-            return self.backbone.forward_features(images)
+            return self.method.features(self, images, self.backbone.forward_features(images))
         tokens = self._encode(images, "prefix" if self.backbone.pools_first_token else "all")
-        return self.backbone.finish(tokens)[0]
+        return self.method.features(self, images, self.backbone.finish(tokens)[0])
 
     def forward_dense(self, images: torch.Tensor) -> torch.Tensor:
         """Final patch-token grid (B, D, H/p, W/p): class, register and prompt tokens removed."""

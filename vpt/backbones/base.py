@@ -20,17 +20,24 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-_ADAPTERS: list[type["BackboneAdapter"]] = []
+from ..registry import Registry
+
+ADAPTERS: Registry[type["BackboneAdapter"]] = Registry("backbone adapter")
+#: the built-in adapters' priority: an adapter registered with the default priority (0) is asked before them
+BUILTIN_PRIORITY = -10
 
 
-def register_adapter(cls: type["BackboneAdapter"]) -> type["BackboneAdapter"]:
-    """Register an adapter class; :func:`wrap_model` asks each whether it ``accepts`` a model."""
-    _ADAPTERS.append(cls)
-    return cls
+def register_adapter(cls: type["BackboneAdapter"] | None = None, *, priority: int = 0, replace: bool = False):
+    """Register an adapter class (a decorator, bare or with arguments); :func:`wrap_model` asks each whether it
+    ``accepts`` a model, highest ``priority`` first, so a user's adapter (priority 0) wins over the built-ins."""
+    if cls is None:
+        return lambda c: ADAPTERS.register(c, c.__name__, priority=priority, replace=replace)
+    return ADAPTERS.register(cls, cls.__name__, priority=priority, replace=replace)
 
 
 def adapter_classes() -> list[type["BackboneAdapter"]]:
-    return list(_ADAPTERS)
+    """Adapter classes in the order :func:`wrap_model` asks them."""
+    return ADAPTERS.values()
 
 
 class BackboneAdapter(nn.Module):
@@ -186,12 +193,12 @@ def wrap_model(model: nn.Module, name: str | None = None) -> BackboneAdapter:
     """Wrap an already-built library model (timm, open_clip visual tower, any CNN) in an adapter."""
     if isinstance(model, BackboneAdapter):
         return model
-    for cls in _ADAPTERS:
+    for cls in ADAPTERS.values():
         if cls.accepts(model):
             return cls(model, name=name or _default_name(model))
     raise TypeError(
         f"vpt has no backbone adapter for {type(model).__name__}; supported: "
-        + ", ".join(c.__name__ for c in _ADAPTERS)
+        + ", ".join(c.__name__ for c in ADAPTERS.values())
         + ". Add one by subclassing vpt.backbones.BackboneAdapter and decorating it with @register_adapter."
     )
 

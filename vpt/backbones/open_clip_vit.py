@@ -6,10 +6,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BackboneAdapter, register_adapter
+from .base import BUILTIN_PRIORITY, BackboneAdapter, register_adapter
 
 
-@register_adapter
+@register_adapter(priority=BUILTIN_PRIORITY)
 class OpenCLIPViTAdapter(BackboneAdapter):
     """Steps of ``open_clip.transformer.VisionTransformer.forward``: ``_embeds`` → resblocks → ``_pool`` → proj."""
 

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BackboneAdapter, insert_or_replace, register_adapter, remove_prompts
+from .base import BUILTIN_PRIORITY, BackboneAdapter, insert_or_replace, register_adapter, remove_prompts
 from .timm_prompted_block import is_plain_timm_block, prompted_block
 
 
@@ -17,7 +17,7 @@ def _timm_data_config(model: nn.Module) -> dict[str, Any]:
     return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
 
 
-@register_adapter
+@register_adapter(priority=BUILTIN_PRIORITY)
 class TimmViTAdapter(BackboneAdapter):
     """Steps of ``timm.models.VisionTransformer.forward_features`` + ``forward_head(pre_logits=True)``."""
 
@@ -84,7 +84,7 @@ class TimmViTAdapter(BackboneAdapter):
         return cfg
 
 
-@register_adapter
+@register_adapter(priority=BUILTIN_PRIORITY)
 class TimmGenericAdapter(BackboneAdapter):
     """Any other timm model (ResNet, ConvNeXt, ...): pixel prompts and baselines, no token prompts."""
 

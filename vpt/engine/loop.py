@@ -29,7 +29,7 @@ from ..errors import ConfigError, VptError
 from ..files import RunLock, atomic_write, check_run_dir
 from ..loggers import RunFiles, Tracker
 from ..sweep import run_position
-from ..tasks import get_task, limited
+from ..tasks import limited, task_from_config
 from . import checkpoints, distributed
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
 from .console import format_metrics, progress_bar
@@ -60,7 +60,7 @@ def num_batches(loader: Any, limit: int | None) -> int:
 
 
 def task_of(cfg: DictConfig):
-    return get_task(cfg.task.get("name", "classification"))
+    return task_from_config(cfg.task)
 
 
 class Trainer:

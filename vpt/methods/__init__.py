@@ -1,5 +1,5 @@
 """Tuning methods as registered objects. Importing this package registers the built-in ones."""
-from .base import Method, get_method, method_names, register_method, unregister_method
+from .base import METHODS, Method, NoOptions, get_method, method_names, register_method, unregister_method
 from . import baselines, token, pixel, clip  # noqa: F401  (registration, in the order `method_names()` lists them)
 
-__all__ = ["Method", "get_method", "method_names", "register_method", "unregister_method"]
+__all__ = ["METHODS", "Method", "NoOptions", "get_method", "method_names", "register_method", "unregister_method"]

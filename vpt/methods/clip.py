@@ -15,6 +15,8 @@ names on the backbone's own text tower. Defaults follow the official configs (Vi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import ConfigError
 from ..prompts.clip import POSITIONS, ClipPromptOptions
 from .base import Method, register_method, require_int
@@ -23,52 +25,81 @@ CLIP_FIX = ("use a CLIP backbone with its text tower: backbone=clip_vit_b16 or c
             "create_backbone('open_clip:ViT-B-16') or a whole open_clip CLIP instance in Python")
 
 
+@dataclass
+class CoOpOptions:
+    """n_ctx: context tokens (``ctx_init`` sets it to its word count). ctx_init: init words ("a photo of a"; "":
+    N(0, 0.02)). csc: class-specific context. class_token_position: ``end`` | ``middle`` | ``front``."""
+
+    n_ctx: int = 16
+    ctx_init: str = ""
+    csc: bool = False
+    class_token_position: str = "end"
+
+
+@dataclass
+class CoCoOpOptions:
+    """n_ctx, ctx_init: as CoOp (the official ViT-B/16 config: 4 tokens from "a photo of a")."""
+
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+
+
+@dataclass
+class MaPLeOptions:
+    """n_ctx: text (and vision) prompt tokens; ctx_init: used when n_ctx <= 4 (its first n_ctx words become the
+    context, the rest stay fixed words); depth: prompt depth J (layers 0..J-1 of both towers)."""
+
+    n_ctx: int = 2
+    ctx_init: str = "a photo of a"
+    depth: int = 9
+
+
+@dataclass
+class IVLPOptions:
+    """n_ctx: text context tokens; vision_length: vision prompt tokens; ctx_init: as MaPLe; depth: vision prompt
+    depth; text_depth: text prompt depth (None: ``depth``)."""
+
+    n_ctx: int = 4
+    vision_length: int = 4
+    ctx_init: str = "a photo of a"
+    depth: int = 9
+    text_depth: int | None = None
+
+
 class ClipPromptMethod(Method):
     kind = "clip"
-    fields = ("n_ctx", "ctx_init", "csc", "class_token_position", "depth", "text_depth", "vision_length")
     builds_head = True
-    default_n_ctx: int = 16
-    default_ctx_init: str = ""
-    default_depth: int = 1
-    uses_depth = False
     vision = False
     coupled = False
     meta_net = False
     init_words_limit: int | None = None
 
     def validate(self, cfg) -> None:
-        if cfg.n_ctx is not None:
-            require_int(cfg.n_ctx, "n_ctx", 1)
-        if cfg.ctx_init is not None and not isinstance(cfg.ctx_init, str):
+        require_int(cfg.n_ctx, "n_ctx", 1)
+        if not isinstance(cfg.ctx_init, str):
             raise ConfigError(f"prompt.ctx_init must be a string of words (e.g. 'a photo of a'), got {cfg.ctx_init!r}")
-        if cfg.class_token_position not in POSITIONS:
+        if getattr(cfg, "class_token_position", "end") not in POSITIONS:
             raise ConfigError(f"prompt.class_token_position={cfg.class_token_position!r}; valid: {', '.join(POSITIONS)}")
-        if self.name != "coop" and (cfg.csc or cfg.class_token_position != "end"):
-            raise ConfigError(f"prompt.csc and prompt.class_token_position are CoOp options; prompt={self.name} uses a "
-                              "shared context with the class name at the end (use prompt=coop for them)")
-        for field in ("depth", "text_depth"):
-            value = getattr(cfg, field)
-            if value is not None and self.uses_depth:
+        for field in ("depth", "text_depth", "vision_length"):
+            value = getattr(cfg.options, field, None)
+            if value is not None:
                 require_int(value, field, 1)
-        if cfg.vision_length is not None:
-            require_int(cfg.vision_length, "vision_length", 1)
 
     def options(self, cfg) -> ClipPromptOptions:
-        ctx_init = self.default_ctx_init if cfg.ctx_init is None else cfg.ctx_init
-        n_ctx = cfg.n_ctx if cfg.n_ctx is not None else self.default_n_ctx
-        if ctx_init and self.init_words_limit is None:  # CoOp / CoCoOp: the init words set the context length
-            n_ctx = len(ctx_init.replace("_", " ").split())
-        depth = cfg.depth if (self.uses_depth and cfg.depth is not None) else self.default_depth
-        text_depth = cfg.text_depth if (cfg.text_depth is not None and not self.coupled) else depth
+        o = cfg.options
+        n_ctx = o.n_ctx
+        if o.ctx_init and self.init_words_limit is None:  # CoOp / CoCoOp: the init words set the context length
+            n_ctx = len(o.ctx_init.replace("_", " ").split())
+        depth = getattr(o, "depth", 1)
+        text_depth = getattr(o, "text_depth", None) or depth
         return ClipPromptOptions(
-            method=self.name, n_ctx=n_ctx, ctx_init=ctx_init, csc=bool(cfg.csc),
-            class_token_position=cfg.class_token_position,
-            text_depth=text_depth if self.uses_depth else 1,
+            method=self.name, n_ctx=n_ctx, ctx_init=o.ctx_init, csc=bool(getattr(o, "csc", False)),
+            class_token_position=getattr(o, "class_token_position", "end"), text_depth=text_depth,
             vision_depth=depth if self.vision else 0,
-            vision_length=(n_ctx if self.coupled else (cfg.vision_length or n_ctx)) if self.vision else 0,
+            vision_length=(n_ctx if self.coupled else getattr(o, "vision_length", n_ctx)) if self.vision else 0,
             coupled=self.coupled, meta_net=self.meta_net, init_words_limit=self.init_words_limit)
 
-    def build_head(self, cfg, backbone, class_names, num_classes):
+    def build_named_head(self, cfg, backbone, class_names, num_classes):
         from ..prompts.clip import CLIPPromptHead
 
         if getattr(backbone, "clip_model", None) is None or getattr(backbone, "tokenizer", None) is None:
@@ -84,9 +115,9 @@ class ClipPromptMethod(Method):
         clip = backbone.clip_model
         text_layers, vision_layers = len(clip.transformer.resblocks), backbone.num_layers
         if options.text_depth > text_layers or options.vision_depth > vision_layers:
-            raise ConfigError(f"prompt.depth={cfg.depth} (text depth {options.text_depth}, vision depth "
-                              f"{options.vision_depth}) does not fit {backbone.name}: {text_layers} text and "
-                              f"{vision_layers} image layers; set prompt.depth<={min(text_layers, vision_layers)}")
+            raise ConfigError(f"prompt.depth={getattr(cfg.options, 'depth', None)} (text depth {options.text_depth}, "
+                              f"vision depth {options.vision_depth}) does not fit {backbone.name}: {text_layers} text "
+                              f"and {vision_layers} image layers; set prompt.depth<={min(text_layers, vision_layers)}")
         length = int(clip.context_length)
         if options.n_ctx > length - 3:
             raise ConfigError(f"prompt.n_ctx={options.n_ctx} does not fit the text tower's context length {length} "
@@ -101,28 +132,33 @@ class ClipPromptMethod(Method):
     def shareable_in_bank(self) -> bool:
         return False
 
+    def bank_refusal(self) -> str:
+        return ("learns CLIP text prompts (its head runs the text tower on the learned context; the bank holds "
+                "fixed heads and image prompts only)")
+
 
 class CoOp(ClipPromptMethod):
     name = "coop"
+    config_class = CoOpOptions
 
 
 class CoCoOp(ClipPromptMethod):
     name = "cocoop"
-    default_n_ctx, default_ctx_init = 4, "a photo of a"
+    config_class = CoCoOpOptions
     meta_net = True
 
 
 class MaPLe(ClipPromptMethod):
     name = "maple"
-    default_n_ctx, default_ctx_init, default_depth = 2, "a photo of a", 9
-    uses_depth = vision = coupled = True
+    config_class = MaPLeOptions
+    vision = coupled = True
     init_words_limit = 4
 
 
 class IVLP(ClipPromptMethod):
     name = "ivlp"
-    default_n_ctx, default_ctx_init, default_depth = 4, "a photo of a", 9
-    uses_depth = vision = True
+    config_class = IVLPOptions
+    vision = True
     init_words_limit = 4
 
 

@@ -1,13 +1,22 @@
 """Pixel prompts (Bahng et al., 2022): a learnable frame or patch added to the image; any encoder."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..prompts import FixedPatchPrompt, PadPrompt, RandomPatchPrompt
 from .base import Method, register_method, require_int
 
 
+@dataclass
+class PixelOptions:
+    """size: pixel prompt size: pad width p for ``pad``, square side for ``patch`` / ``random_patch``."""
+
+    size: int = 30
+
+
 class PixelPromptMethod(Method):
     kind = "pixel"
-    fields = ("size",)
+    config_class = PixelOptions
     prompt_class: type = PadPrompt
 
     def validate(self, cfg) -> None:

@@ -1,19 +1,49 @@
 """VPT token prompts (Jia et al., ECCV 2022): ``shallow`` (layer 0) and ``deep`` (every or chosen layers)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 from ..errors import ConfigError
 from ..prompts import TokenPrompts
 from .base import Method, register_method, require_int
 
 
+@dataclass
+class TokenOptions:
+    """VPT token prompts.
+
+    length: number of prompt tokens P.
+    depth: which layers receive fresh prompts: ``None`` means the method's default (``shallow`` → [0],
+        ``deep`` → every layer); an int ``k`` means the first k layers; a list means those layers.
+    init: ``xavier`` (VPT's uniform init, fan computed from the patch size) or ``patch`` (sampled patch
+        embeddings, set by :meth:`PromptedModel.init_prompts_from_patches`).
+    dropout: dropout on prompt tokens (train mode only).
+    project_dim: if > 0, prompts live in this lower dimension and a learned linear map lifts them to
+        the embedding width (VPT's ``PROJECT``).
+    """
+
+    length: int = 10
+    depth: int | Sequence[int] | None = None
+    init: str = "xavier"
+    dropout: float = 0.0
+    project_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.depth, (list, tuple)):
+            self.depth = [int(d) for d in self.depth]
+
+
 class TokenPromptMethod(Method):
     kind = "token"
-    fields = ("length", "depth", "init", "dropout", "project_dim")
+    config_class = TokenOptions
     default_depth: int | None = None  # None: every layer
 
     def validate(self, cfg) -> None:
         require_int(cfg.length, "length")
         require_int(cfg.project_dim, "project_dim")
+        if not 0.0 <= float(cfg.dropout) < 1.0:
+            raise ConfigError(f"prompt.dropout must be in [0, 1), got {cfg.dropout!r}")
         if cfg.init not in ("xavier", "patch"):
             raise ConfigError(f"prompt.init must be 'xavier' or 'patch', got {cfg.init!r}")
 

@@ -1,4 +1,4 @@
 """Task types (classification, detection): data, model, loss and metrics for the training loop."""
-from .base import Task, get_task, limited, register_task
+from .base import TASKS, Task, get_task, limited, register_task, task_from_config
 
-__all__ = ["Task", "get_task", "limited", "register_task"]
+__all__ = ["TASKS", "Task", "get_task", "limited", "register_task", "task_from_config"]

@@ -12,9 +12,12 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..errors import UnknownNameError
+from ..registry import Registry
 
-_TASKS: dict[str, "Task"] = {}
+#: tasks by name; the built-in ones register on the first lookup, a dotted ``module.Class`` name imports a user's
+#: task class (``task.name=my_pkg.my_tasks.MyTask`` or ``task._target_=...``)
+TASKS: Registry["Task"] = Registry("task", builtins=("vpt.tasks.classification", "vpt.tasks.detection"),
+                                   instantiate=True)
 
 
 class Task:
@@ -60,22 +63,17 @@ class Task:
         """Refuse a dataset the model's head does not fit (``vpt-eval``)."""
 
 
-def register_task(task: Task) -> Task:
-    _TASKS[task.name] = task
-    return task
+def register_task(task: Task, replace: bool = True) -> Task:
+    return TASKS.register(task, task.name, replace=replace)
 
 
 def get_task(name: str) -> Task:
-    if name not in _TASKS:
-        from . import classification  # noqa: F401  (built-in tasks register on import)
-        try:
-            from . import detection  # noqa: F401
-        except ImportError:  # detection's extra dependencies missing: the message below lists what is there
-            pass
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise UnknownNameError("task", name, _TASKS) from None
+    return TASKS.get(name)
+
+
+def task_from_config(task_cfg: Mapping[str, Any]) -> Task:
+    """The task a ``configs/task`` group selects: its ``_target_`` (a Task class's dotted path) or its ``name``."""
+    return get_task(task_cfg.get("_target_") or task_cfg.get("name", "classification"))
 
 
 def limited(loader: Iterable, limit: int | None) -> Iterable:

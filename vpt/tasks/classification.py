@@ -42,7 +42,7 @@ class ClassificationTask(Task):
         return PromptedModel.from_prompt_file(path, pretrained=pretrained)
 
     def init_prompts(self, model, train_loader, seed: int) -> None:
-        if model.prompt_config.init != "patch":
+        if getattr(model.prompt_config, "init", None) != "patch":
             return
         images, _ = next(iter(train_loader))
         model.init_prompts_from_patches(images, generator=torch.Generator().manual_seed(seed))
