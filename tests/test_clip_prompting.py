@@ -335,3 +335,36 @@ def test_the_bank_refuses_clip_prompt_tasks(clip, tmp_path):
         bank.add_task("coop", tmp_path / "coop")
     with pytest.raises(ConfigError, match="learns CLIP text prompts"):
         bank.add_task("coop", model)
+
+
+# ---- base-to-novel ------------------------------------------------------------------------------------------------
+def test_subsample_classes_splits_base_and_new():
+    from vpt.data import build_data
+
+    config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
+              "crop_pct": 1.0}
+    names = {which: build_data({"name": "digits", "subsample_classes": which}, config).class_names
+             for which in ("all", "base", "new")}
+    assert names == {"all": [str(i) for i in range(10)], "base": ["0", "1", "2", "3", "4"], "new": ["5", "6", "7", "8", "9"]}
+    # after data.classes (digits 5-9): ceil(5 / 2) = 3 base classes, relabelled 0..2
+    base = build_data({"name": "digits", "classes": [5, 6, 7, 8, 9], "subsample_classes": "base"}, config)
+    new = build_data({"name": "digits", "classes": [5, 6, 7, 8, 9], "subsample_classes": "new"}, config)
+    assert base.class_names == ["5", "6", "7"] and new.class_names == ["8", "9"]
+    assert {int(y) for _, y in new.test} == {0, 1}
+    with pytest.raises(ConfigError, match="data.subsample_classes must be one of all, base, new"):
+        build_data({"name": "digits", "subsample_classes": "novel"}, config)
+
+
+def test_vpt_eval_applies_a_context_to_the_evaluated_classes(clip, tmp_path):
+    from types import SimpleNamespace
+
+    from vpt.tasks import get_task
+
+    model = vpt.PromptedModel(clip, prompt="coop", class_names=["5", "6", "7"]).eval()
+    model.save_prompt(tmp_path / "base")
+    task = get_task("classification")
+    assert task.model_for_data(model, SimpleNamespace(class_names=["5", "6", "7"]), tmp_path / "base") is model
+    novel = task.model_for_data(model, SimpleNamespace(class_names=["8", "9"]), tmp_path / "base")
+    assert novel.class_names == ["8", "9"] and novel.head.out_features == 2
+    torch.testing.assert_close(novel.head.ctx, model.head.ctx)
+    assert novel(torch.randn(2, 3, 32, 32)).shape == (2, 2)

@@ -28,6 +28,7 @@ def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None =
     configure_cpu(cfg.trainer, device)
     model = task.load_prompt_file(cfg.prompt_file, pretrained=cfg.get("pretrained") or False)
     data = task.build_data(to_plain(cfg.data), input_data_config(model.backbone), int(cfg.seed))
+    model = task.model_for_data(model, data, cfg.prompt_file)
     task.check_eval_data(model, data, cfg.data.name)
     model.to(device)
     loaders = data.loaders(int(cfg.trainer.eval_batch_size), num_workers=int(cfg.trainer.num_workers), device=device,
