@@ -216,6 +216,21 @@ def test_text_tower_runs_once_per_class_set(clip, monkeypatch):
     assert calls == [6 * len(NAMES)]  # CoCoOp: every image's own context, batched in one pass
 
 
+def test_evaluation_runs_the_text_tower_once_until_the_prompts_change(clip, monkeypatch):
+    model = vpt.PromptedModel(clip, prompt="coop", class_names=NAMES).eval()
+    calls = []
+    original = model.head.text_encoder.forward
+    monkeypatch.setattr(model.head.text_encoder, "forward", lambda p, *a, **k: calls.append(1) or original(p, *a, **k))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        first = model(images)
+        assert torch.equal(model(images), first) and len(calls) == 1  # cached across batches
+        model.head.ctx.add_(torch.randn_like(model.head.ctx))  # an optimiser step (or a loaded prompt file) changes the context in place
+        assert not torch.allclose(model(images), first) and len(calls) == 2
+    model(images)  # with gradients (training): always fresh
+    assert len(calls) == 3
+
+
 def test_only_prompts_train(clip):
     model = vpt.PromptedModel(clip, prompt="ivlp", class_names=NAMES, depth=2).train()
     before = {k: v.clone() for k, v in clip.state_dict().items()}

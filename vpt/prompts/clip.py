@@ -236,10 +236,24 @@ class CLIPPromptHead(nn.Module):
         features = self.text_encoder(prompts, self.eot, self.deep_text_prompts(), self.n_ctx)
         return F.normalize(features.float(), dim=-1)
 
+    def class_text_features(self) -> torch.Tensor:
+        """:meth:`text_features`, computed once while the learned tensors do not change and no gradient is taken
+        (evaluation: one text pass for all batches, not one per batch)."""
+        if torch.is_grad_enabled():
+            self._text_cache = None
+            return self.text_features()
+        learned = [self.ctx] + ([self.deep_text] if self.deep_text is not None else [])
+        key = (tuple(p._version for p in learned), tuple(p.data_ptr() for p in learned), self.ctx.device,
+               torch.is_autocast_enabled(self.ctx.device.type))
+        cached = getattr(self, "_text_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._text_cache = (key, self.text_features())
+        return cached[1]
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         image = F.normalize(features.float(), dim=-1)
         if self.meta_net is None:
-            return self.logit_scale * image @ self.text_features().t()
+            return self.logit_scale * image @ self.class_text_features().t()
         # CoCoOp: one context per image, ctx + meta_net(image feature), every class prompt of it through the tower
         batch, n_cls = image.shape[0], len(self.class_names)
         shifted = self.ctx.unsqueeze(0) + self.meta_net(image.to(self.ctx.dtype)).unsqueeze(1)  # (B, n_ctx, D)
