@@ -383,3 +383,35 @@ def test_vpt_eval_applies_a_context_to_the_evaluated_classes(clip, tmp_path):
     assert novel.class_names == ["8", "9"] and novel.head.out_features == 2
     torch.testing.assert_close(novel.head.ctx, model.head.ctx)
     assert novel(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_zhou_split_reader(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from vpt.data import build_data
+
+    (tmp_path / "images").mkdir()
+    rows = {}
+    for split, count in (("train", 4), ("val", 2), ("test", 4)):
+        rows[split] = []
+        for i in range(count):
+            label = i % 3
+            name = f"{split}_{i}.png"
+            Image.new("RGB", (8, 8), (label * 80, 0, 0)).save(tmp_path / "images" / name)
+            rows[split].append([name, label, ["abyssinian", "golden_retriever", "pug"][label]])
+    (tmp_path / "split_zhou_OxfordPets.json").write_text(json.dumps(rows))
+    config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
+              "crop_pct": 1.0}
+    data = build_data({"name": "zhou_split", "root": str(tmp_path)}, config)
+    assert data.class_names == ["abyssinian", "golden_retriever", "pug"]
+    assert (len(data.train), len(data.val), len(data.test)) == (4, 2, 4)
+    base = build_data({"name": "zhou_split", "root": str(tmp_path), "subsample_classes": "base"}, config)
+    assert base.class_names == ["abyssinian", "golden_retriever"]
+    (tmp_path / "images" / "test_3.png").unlink()
+    with pytest.raises(ConfigError, match=r"1 images listed in split_zhou_OxfordPets.json are missing.*test_3.png"
+                                          r".*data.image_dir="):
+        build_data({"name": "zhou_split", "root": str(tmp_path)}, config)
+    with pytest.raises(ConfigError, match="data.split_file"):
+        build_data({"name": "zhou_split", "root": str(tmp_path / "images")}, config)

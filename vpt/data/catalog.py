@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..errors import ConfigError, UnknownNameError
-from .files import build_fgvc, build_imagefolder, build_list, require_root
+from .files import build_fgvc, build_imagefolder, build_list, build_zhou_split, require_root
 from .sampling import holdout_test_split
 from .sources import ArrayImageSource, ImageSource, SourceSplits, WrappedDatasetSource
 from .spec import DataSpec
@@ -133,6 +133,7 @@ DATASET_BUILDERS: dict[str, DatasetBuilder] = {
     "list": build_list,
     "vtab": build_list,
     "fgvc": build_fgvc,
+    "zhou_split": build_zhou_split,
     **{name: partial(build_torchvision, entry) for name, entry in TORCHVISION_DATASETS.items()},
 }
 

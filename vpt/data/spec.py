@@ -52,6 +52,9 @@ class DataSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, Any] | None = None
     class_names: tuple[str, ...] | None = None
+    # name=zhou_split: CoOp's split_zhou_<Dataset>.json ([path, label, classname] lists) and its images' folder
+    split_file: str | None = None
+    image_dir: str | None = None
     image_key: str = "image"
     label_key: str = "label"
 
