@@ -415,3 +415,14 @@ def test_zhou_split_reader(tmp_path):
         build_data({"name": "zhou_split", "root": str(tmp_path)}, config)
     with pytest.raises(ConfigError, match="data.split_file"):
         build_data({"name": "zhou_split", "root": str(tmp_path / "images")}, config)
+
+
+def test_base2new_preset_carries_the_papers_base_numbers():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("vpt.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=base2new_maple", "output_dir=/tmp/x"])
+    assert cfg.prompt.method == "maple" and cfg.data.subsample_classes == "base" and cfg.data.num_shots == 16
+    assert cfg.optim.base_lr * cfg.trainer.batch_size / 256 == pytest.approx(0.0035)
+    assert {m: cfg.paper[m] for m in vpt.methods.method_names("clip")} == \
+        {"coop": 82.69, "cocoop": 80.47, "maple": 82.28, "ivlp": 84.21}
