@@ -290,12 +290,19 @@ class CLIPPromptHead(nn.Module):
         return bool(self.vision_layers)
 
     # ---- prompt files ---------------------------------------------------------------------------------
+    @property
+    def text_fingerprint(self) -> str:
+        """The frozen text tower's fingerprint, hashed once (every save records it)."""
+        if getattr(self, "_text_fingerprint", None) is None:
+            self._text_fingerprint = text_fingerprint(self.text_encoder)
+        return self._text_fingerprint
+
     def manifest_info(self) -> dict:
-        return {"logit_scale": self.logit_scale, "text_fingerprint": text_fingerprint(self.text_encoder)}
+        return {"logit_scale": self.logit_scale, "text_fingerprint": self.text_fingerprint}
 
     def check_manifest(self, manifest: dict, path, class_names_given: bool = False) -> None:
         saved = manifest.get("head", {}).get("text_fingerprint")
-        if saved and saved != text_fingerprint(self.text_encoder):
+        if saved and saved != self.text_fingerprint:
             raise PromptFileError(f"prompt file {str(path)!r} was trained with another CLIP text tower (text weights "
                                   f"fingerprint {saved[:12]}…); load it onto the CLIP model it was trained on")
         names = manifest.get("class_names")
