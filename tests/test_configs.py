@@ -109,7 +109,7 @@ def test_experiment_presets_override_groups():
 def test_every_experiment_runs_one_step(experiment, tmp_path):
     cfg = compose_train([f"experiment={experiment}", f"output_dir={tmp_path}"])
     overrides = [f"experiment={experiment}", f"output_dir={tmp_path}", *TINY, *TINY_DATA]
-    pretrained = cfg.backbone.pretrained
+    pretrained = cfg.backbone.get("pretrained", False)  # a _target_ backbone (coop_quickstart) may have none
     if pretrained is not False and not (isinstance(pretrained, str) and Path(pretrained).is_file()):
         overrides.append("backbone.pretrained=false")  # hub weights: not reachable offline
     if cfg.trainer.export_backbone:

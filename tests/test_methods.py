@@ -43,12 +43,15 @@ def toy_method():
 
 def test_builtin_methods_say_what_they_train():
     assert method_names() == ("linear", "full", "bias", "shallow", "deep", "pad", "patch", "random_patch",
-                              "partial", "mlp", "sidetune", "adapter", "adaptformer", "ssf", "lora", "kv_prompts")
+                              "partial", "mlp", "sidetune", "adapter", "adaptformer", "ssf", "lora", "kv_prompts",
+                              "coop", "cocoop", "maple", "ivlp")
+    assert method_names("clip") == ("coop", "cocoop", "maple", "ivlp")
+    assert all(get_method(m).builds_head and not get_method(m).shareable_in_bank for m in method_names("clip"))
     assert [m for m in method_names() if get_method(m).tunes_backbone] == ["full", "bias", "partial"]
     assert method_names("module") == ("adapter", "adaptformer", "ssf", "lora", "kv_prompts")
     assert [m for m in method_names() if not get_method(m).backbone_eval_mode] == ["full"]
     assert method_names("token") == ("shallow", "deep") and method_names("pixel") == ("pad", "patch", "random_patch")
-    with pytest.raises(vpt.ConfigError, match="unknown prompt method 'sideways'; valid names: adapter, adaptformer, bias, deep"):
+    with pytest.raises(vpt.ConfigError, match="unknown prompt method 'sideways'; valid names: adapter, adaptformer, bias, cocoop"):
         get_method("sideways")
 
 

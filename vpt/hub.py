@@ -80,7 +80,8 @@ def _card_metadata(manifest: Mapping[str, Any]) -> ModelCardData:
     name = manifest["backbone"]["name"]
     method = manifest["prompt"]["method"]
     head = manifest["head"]["kind"]
-    pipeline = {"linear": "image-classification", "zero_shot": "zero-shot-image-classification"}.get(head)
+    pipeline = {"linear": "image-classification", "zero_shot": "zero-shot-image-classification",
+                "clip_prompt": "image-classification"}.get(head)
     source = name.split(":", 1)[0] if ":" in name else "timm"
     return ModelCardData(library_name="vpt", pipeline_tag=pipeline,
                          tags=["vpt", "visual-prompt-tuning", f"vpt-{method}", source])

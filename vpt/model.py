@@ -116,6 +116,12 @@ class PromptedModel(nn.Module):
         self.token_prompts, self.pixel_prompt = None, None
         for attribute, module in self.method.build(self.prompt_config, self.backbone, self.input_size[1:]).items():
             setattr(self, attribute, module)
+        if self.method.builds_head:
+            if head is not None:
+                raise ConfigError(f"prompt={self.prompt_config.method} builds its own head (CLIP text prompts from the "
+                                  "class names), so a head cannot be passed in; use task=classification (not "
+                                  "task=zero_shot) on the command line, or leave head= out")
+            head = self.method.build_named_head(self.prompt_config, self.backbone, self.class_names, num_classes)
         self.head = self._resolve_head(head if head is not None else own_head, num_classes)
         self._set_trainable()
         self._attach()
@@ -156,6 +162,8 @@ class PromptedModel(nn.Module):
         train_head = self.prompt_config.train_head
         if isinstance(self.head, ZeroShotHead):
             self.head.weight.requires_grad_(train_head and self.head.weight.requires_grad)
+        elif getattr(self.head, "owns_prompts", False):
+            pass  # the head's own prompt tensors train, its frozen text tower does not
         else:
             self.head.requires_grad_(train_head)
         self.method.set_trainable(self.backbone)
@@ -208,6 +216,8 @@ class PromptedModel(nn.Module):
         head = count(self.head)
         backbone = sum(p.numel() for name, p in self.backbone.named_parameters() if p.requires_grad and name in self._backbone_own)
         prompt = sum(p.numel() for p in self.trainable_parameters()) - head - backbone  # what the method added
+        if getattr(self.head, "owns_prompts", False):  # CLIP prompt learning: the head's tensors are prompts
+            prompt, head = prompt + head, 0
         total = sum(p.numel() for p in self.parameters())
         return {"prompt": prompt, "head": head, "backbone": backbone, "trainable": prompt + head + backbone, "total": total}
 
@@ -235,7 +245,7 @@ class PromptedModel(nn.Module):
         self.check_input(images)
         if self.pixel_prompt is not None:
             images = self.pixel_prompt(images)
-        return run_layers(self.backbone, self.backbone.embed(images), self.token_prompts, last_rows)
+        return run_layers(self.backbone, self.backbone.embed(images), self.method.prompt_source(self), last_rows)
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Final-block tokens ``[class/register tokens, patch tokens]``, prompts removed (before the final norm)."""
@@ -275,9 +285,13 @@ class PromptedModel(nn.Module):
         self.load_prompt_contents(manifest, tensors, path)
         return self
 
-    def load_prompt_contents(self, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path) -> None:
+    def load_prompt_contents(self, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path,
+                             class_names_given: bool = False) -> None:
         """Load an already read prompt file (``read_prompt_file``) into this model."""
         check_backbone(manifest, self.backbone, path, self.backbone_fingerprint)
+        check_head = getattr(self.head, "check_manifest", None)
+        if check_head is not None:  # a CLIP prompt head: same text tower, same classes (or chosen on purpose)
+            check_head(manifest, path, class_names_given=class_names_given)
         own = self.trainable_state_dict()
         mismatched = sorted(k for k in set(own) | set(tensors)
                             if k not in own or k not in tensors or own[k].shape != tensors[k].shape)
@@ -291,7 +305,7 @@ class PromptedModel(nn.Module):
         with torch.no_grad():
             for key, value in tensors.items():
                 params[key].copy_(value.to(params[key].dtype))
-        if manifest.get("class_names"):
+        if manifest.get("class_names") and not class_names_given:
             self.class_names = manifest["class_names"]
 
     def save_pretrained(self, save_directory, results=None, **extra: Any):
@@ -315,27 +329,39 @@ class PromptedModel(nn.Module):
 
     @classmethod
     def from_prompt_file(cls, path, backbone: str | nn.Module | BackboneAdapter | None = None, pretrained: Any = None,
-                         head: nn.Module | None = None) -> "PromptedModel":
-        """Build the model a prompt file describes, on ``backbone`` (or the one named in the file)."""
+                         head: nn.Module | None = None, class_names: Sequence[str] | None = None) -> "PromptedModel":
+        """Build the model a prompt file describes, on ``backbone`` (or the one named in the file).
+
+        ``class_names``: other classes than the file's, for a CLIP prompt method with a generic context (CoOp,
+        CoCoOp, MaPLe, IVLP without ``csc``): the learned prompts applied to new class names (base-to-novel)."""
         manifest, tensors = read_prompt_file(path)
-        return cls.from_prompt_contents(manifest, tensors, path, backbone, pretrained, head)
+        return cls.from_prompt_contents(manifest, tensors, path, backbone, pretrained, head, class_names)
 
     @classmethod
     def from_prompt_contents(cls, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path, backbone=None,
-                             pretrained: Any = None, head: nn.Module | None = None) -> "PromptedModel":
+                             pretrained: Any = None, head: nn.Module | None = None,
+                             class_names: Sequence[str] | None = None) -> "PromptedModel":
         if manifest.get("task", "classification") != "classification":
             raise PromptFileError(f"prompt file {str(path)!r} was made for task {manifest['task']!r}; load it with "
                                   "vpt.detection.DetectorModel.from_prompt_file (or vpt-eval, which reads the task)")
         backbone = _backbone_for(manifest, path, backbone, pretrained)
-        head_info, class_names = manifest["head"], manifest.get("class_names")
+        head_info, given = manifest["head"], class_names is not None
+        if given and head_info["kind"] != "clip_prompt":
+            raise ConfigError("class_names= applies to CLIP prompt files (prompt=coop, cocoop, maple, ivlp); this "
+                              f"file's head is {head_info['kind']!r}, whose classes are fixed")
+        if given and manifest["prompt"].get("csc"):
+            raise ConfigError("this prompt file has class-specific contexts (prompt.csc=true), one per trained class; "
+                              "they cannot be applied to other class names. Train with prompt.csc=false for that")
+        class_names = list(class_names) if given else manifest.get("class_names")
         if head is None and head_info["kind"] == "zero_shot":
             if isinstance(backbone, nn.Module) and not isinstance(backbone, BackboneAdapter):
                 backbone = wrap_model(backbone)
             head = zero_shot_head_for(backbone, class_names, head_info.get("templates"))
             head.logit_scale = head_info.get("logit_scale", head.logit_scale)
-        model = cls(backbone, PromptConfig.from_dict(manifest["prompt"]), num_classes=head_info["num_classes"] or 0,
+        num_classes = len(class_names) if given else head_info["num_classes"] or 0
+        model = cls(backbone, PromptConfig.from_dict(manifest["prompt"]), num_classes=num_classes,
                     head=head, class_names=class_names)
-        model.load_prompt_contents(manifest, tensors, path)
+        model.load_prompt_contents(manifest, tensors, path, class_names_given=given)
         return model
 
 

@@ -40,6 +40,8 @@ def build_manifest(model, **extra: Any) -> dict[str, Any]:
     head_info: dict[str, Any] = {"kind": getattr(head, "kind", "none"), "num_classes": getattr(head, "out_features", 0)}
     if head_info["kind"] == "zero_shot":
         head_info.update(logit_scale=head.logit_scale, templates=head.templates)
+    if hasattr(head, "manifest_info"):  # e.g. a CLIP prompt head: its text tower's fingerprint
+        head_info.update(head.manifest_info())
     return {
         "format": FORMAT,
         "vpt_version": __version__,

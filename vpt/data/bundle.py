@@ -77,6 +77,8 @@ def build_data(data_cfg: Mapping[str, Any], data_config: Mapping[str, Any], seed
         name: digits | imagefolder | list | vtab | fgvc | a torchvision dataset (cifar10, dtd, ...).
         root: dataset folder. download: let torchvision download into root (default false).
         classes: class indices or names to keep, relabelled 0..k-1 in the given order.
+        subsample_classes: all | base | new: base-to-novel, the first ceil(n/2) classes (after ``classes``) or
+            the rest, relabelled 0..k-1 (CoCoOp's protocol).
         num_shots: k images per class for training (per ``seed``).
         train_size / val_size: VTAB-1k style sizes drawn per ``seed`` (val from train if there is no val
             split); train_on_trainval: train on train + val (val is still reported).

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .files import build_fgvc, build_imagefolder, build_list, require_root
+from .files import build_fgvc, build_imagefolder, build_list, build_zhou_split, require_root
 from .sampling import holdout_test_split
 from .sources import ArrayImageSource, ImageSource, SourceSplits, WrappedDatasetSource
 from .spec import DataSpec
@@ -136,6 +136,7 @@ for _name, _builder in {
     "list": build_list,
     "vtab": build_list,
     "fgvc": build_fgvc,
+    "zhou_split": build_zhou_split,
     **{name: partial(build_torchvision, entry) for name, entry in TORCHVISION_DATASETS.items()},
 }.items():
     DATASET_BUILDERS.register(_builder, _name)

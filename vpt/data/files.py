@@ -174,3 +174,77 @@ def build_list(spec: DataSpec) -> SourceSplits:
 def build_fgvc(spec: DataSpec) -> SourceSplits:
     """FGVC (VPT layout): ``root/images/...`` plus ``{train,val,test}.json`` or ``.txt`` annotations."""
     return _annotated_splits(require_root(spec), FGVC_SPLIT_FILES, contiguous_labels=True)
+
+
+ZHOU_IMAGE_DIRS = ("", "images", "jpg", "101_ObjectCategories", "oxford-iiit-pet/images", "2750", "UCF-101-midframes",
+                   "SUN397", "dtd/images", "eurosat/2750")
+
+
+def build_zhou_split(spec: DataSpec) -> SourceSplits:
+    """CoOp's few-shot / base-to-novel splits (Zhou et al.): ``split_zhou_<Dataset>.json`` with ``train`` / ``val`` /
+    ``test`` lists of ``[relative/image/path, label, classname]``; class names come from the file.
+
+    ``data.root``: the dataset folder; ``data.split_file``: the JSON (relative to root or absolute; default the one
+    ``split_zhou_*.json`` in root); ``data.image_dir``: the folder the paths are relative to (default: found, e.g.
+    ``images`` or ``jpg`` under root)."""
+    root = require_root(spec, hint=" (the folder holding split_zhou_<Dataset>.json and the images)")
+    split_path = _zhou_split_path(root, spec.split_file)
+    try:
+        splits = json.loads(split_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{split_path} is not valid JSON: {error}") from error
+    if not isinstance(splits, dict) or not isinstance(splits.get("train"), list):
+        raise ConfigError(f"{split_path} should hold {{'train': [[path, label, classname], ...], 'val': ..., "
+                          "'test': ...}} (CoOp's split_zhou_<Dataset>.json)")
+    names: dict[int, str] = {}
+    entries: dict[str, list] = {}
+    for split in ("train", "val", "test"):
+        rows = splits.get(split)
+        if rows is None:
+            continue
+        for i, row in enumerate(rows):
+            if not (isinstance(row, (list, tuple)) and len(row) == 3 and isinstance(row[1], int)):
+                raise ConfigError(f"{split_path}: {split}[{i}] is {row!r}; expected [relative/path, label, classname]")
+            names.setdefault(int(row[1]), str(row[2]))
+        entries[split] = rows
+    labels = sorted(names)
+    if labels != list(range(len(labels))):
+        raise ConfigError(f"{split_path}: labels should be 0..{len(labels) - 1}, found {labels[:5]}...")
+    image_dir = _zhou_image_dir(root, spec.image_dir, entries["train"][0][0] if entries["train"] else "")
+    missing = [row[0] for rows in entries.values() for row in rows if not (image_dir / row[0]).is_file()]
+    if missing:
+        raise ConfigError(f"{len(missing)} images listed in {split_path.name} are missing under {str(image_dir)!r} "
+                          f"(first: {missing[0]!r}); download the dataset's images as CoOp's DATASETS.md describes, or "
+                          "point data.image_dir=... at the folder the listed paths are relative to")
+
+    def source(rows):
+        if rows is None:
+            return None
+        return FileImageSource([str(image_dir / row[0]) for row in rows], [int(row[1]) for row in rows])
+
+    return SourceSplits(source(entries["train"]), source(entries.get("val")), source(entries.get("test")),
+                        [names[label] for label in labels])
+
+
+def _zhou_split_path(root: Path, split_file: str | None) -> Path:
+    if split_file:
+        path = Path(split_file).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise ConfigError(f"data.split_file {str(path)!r} does not exist; pass the split_zhou_<Dataset>.json path")
+        return path
+    found = sorted(root.glob("split_zhou_*.json"))
+    if len(found) != 1:
+        raise ConfigError(f"{'no' if not found else len(found)} split_zhou_*.json files in {str(root)!r}; pass "
+                          "data.split_file=split_zhou_<Dataset>.json (from the CoOp repository's dataset instructions)")
+    return found[0]
+
+
+def _zhou_image_dir(root: Path, image_dir: str | None, first: str) -> Path:
+    if image_dir:
+        path = Path(image_dir).expanduser()
+        return path if path.is_absolute() else root / path
+    for candidate in ZHOU_IMAGE_DIRS:
+        if first and (root / candidate / first).is_file():
+            return root / candidate
+    return root

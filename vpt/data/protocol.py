@@ -2,6 +2,8 @@
 train size / k-shot, train-on-trainval. Selections depend only on the labels and the run seed."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .sampling import cap_per_class, k_shot, keep_classes, resolve_classes, split_stratified
@@ -16,10 +18,21 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream])
 
 
+def base_new_classes(num_classes: int, which: str) -> list[int]:
+    """Base-to-novel (CoCoOp's ``subsample_classes``): labels sorted, the first ceil(n/2) are base, the rest new."""
+    split = math.ceil(num_classes / 2)
+    return list(range(split)) if which == "base" else list(range(split, num_classes))
+
+
 def _restrict_classes(splits: SourceSplits, spec: DataSpec) -> SourceSplits:
-    if spec.classes is None:
-        return splits
-    classes = resolve_classes(spec.classes, splits.class_names)
+    if spec.classes is not None:
+        splits = _keep(splits, resolve_classes(spec.classes, splits.class_names))
+    if spec.subsample_classes != "all":
+        splits = _keep(splits, base_new_classes(len(splits.class_names), spec.subsample_classes))
+    return splits
+
+
+def _keep(splits: SourceSplits, classes: list[int]) -> SourceSplits:
     subset = {split: keep_classes(src, classes) if src is not None else None for split, src in splits.named().items()}
     return SourceSplits(class_names=[splits.class_names[c] for c in classes], **subset)
 

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("none", "flip_crop", "timm")
+SUBSAMPLE_CLASSES = ("all", "base", "new")  # base-to-novel (CoCoOp's protocol): labels sorted, first ceil(n/2) base
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -35,6 +36,7 @@ class DataSpec:
     root: str | None = None
     download: bool = False
     classes: tuple[int | str, ...] | None = None
+    subsample_classes: str = "all"
     num_shots: int | None = None
     train_size: int | None = None
     val_size: int | None = None
@@ -50,6 +52,9 @@ class DataSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, Any] | None = None
     class_names: tuple[str, ...] | None = None
+    # name=zhou_split: CoOp's split_zhou_<Dataset>.json ([path, label, classname] lists) and its images' folder
+    split_file: str | None = None
+    image_dir: str | None = None
     image_key: str = "image"
     label_key: str = "label"
 
@@ -88,6 +93,9 @@ class DataSpec:
             raise ConfigError("data.num_shots and data.train_size both pick the training samples; set only one")
         if not isinstance(self.skip_bad_images, bool):
             raise ConfigError(f"data.skip_bad_images must be true or false, got {self.skip_bad_images!r}")
+        if self.subsample_classes not in SUBSAMPLE_CLASSES:
+            raise ConfigError(f"data.subsample_classes must be one of {', '.join(SUBSAMPLE_CLASSES)} (base-to-novel: "
+                              f"the first ceil(n/2) classes are base, the rest new), got {self.subsample_classes!r}")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"data.classes has duplicates: {list(self.classes)}")
 

@@ -114,6 +114,7 @@ def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None =
     configure_cpu(cfg.trainer, device)
     model = task.load_prompt_file(cfg.prompt_file, pretrained=cfg.get("pretrained") or False)
     data = task.build_data(data_cfg, input_data_config(model.backbone), data_seed)
+    model = task.model_for_data(model, data, cfg.prompt_file)
     name = data_cfg.get("name", cfg.data.name)
     task.check_eval_data(model, data, name)
     model.to(device)

@@ -87,6 +87,18 @@ class Method:
         """The pooled feature after the encoder (a side network may mix in its own); ``features`` by default."""
         return features
 
+    #: the method builds the model's head itself from the backbone and the class names
+    #: (:meth:`build_named_head`), e.g. CLIP text prompts (CoOp, MaPLe, ...)
+    builds_head: bool = False
+
+    def build_named_head(self, cfg: "PromptConfig", backbone: "BackboneAdapter", class_names, num_classes) -> nn.Module:
+        """The head of a ``builds_head`` method, built from the backbone and the class names."""
+        raise NotImplementedError
+
+    def prompt_source(self, model: "PromptedModel") -> Any:
+        """The image encoder's prompt source (see :mod:`vpt.encoder`): the model's token prompts by default."""
+        return model.token_prompts
+
     def set_trainable(self, backbone: "BackboneAdapter") -> None:
         """Turn on ``requires_grad`` for the backbone tensors this method trains (the backbone starts frozen)."""
 

@@ -43,6 +43,11 @@ class Task:
         """Rebuild the model a prompt file of this task describes (``vpt-eval``)."""
         raise NotImplementedError
 
+    def model_for_data(self, model: nn.Module, data, path) -> nn.Module:
+        """The model ``vpt-eval`` evaluates on ``data``: the loaded one by default (a CLIP prompt file is rebuilt
+        for the evaluated classes, e.g. the new classes of base-to-novel)."""
+        return model
+
     def init_prompts(self, model: nn.Module, train_loader, seed: int) -> None:
         """Data-dependent prompt init before the first epoch (``prompt.init=patch``); nothing by default."""
 

@@ -41,6 +41,17 @@ class ClassificationTask(Task):
     def load_prompt_file(self, path, pretrained: Any = False) -> PromptedModel:
         return PromptedModel.from_prompt_file(path, pretrained=pretrained)
 
+    def model_for_data(self, model, data, path):
+        """A CLIP prompt file (coop, cocoop, maple, ivlp) evaluated on other classes than it was trained on (e.g.
+        ``data.subsample_classes=new``): the learned context applied to the evaluated class names."""
+        if getattr(model.head, "kind", None) != "clip_prompt" or list(data.class_names) == list(model.class_names):
+            return model
+        import logging
+
+        logging.getLogger(__name__).info("prompt file %s: its context applied to the %d evaluated classes %s", path,
+                                         len(data.class_names), list(data.class_names)[:5])
+        return PromptedModel.from_prompt_file(path, backbone=model.backbone, class_names=data.class_names)
+
     def init_prompts(self, model, train_loader, seed: int) -> None:
         if getattr(model.prompt_config, "init", None) != "patch":
             return
