@@ -44,9 +44,9 @@ RUNS: list[tuple[str, str, list[str]]] = [
     ("effnet", "linear", SGD),
     ("vit", "linear", SGD),
     ("effnet", "pad", SGD),
+    ("effnet", "bias", ADAMW(1e-3)),
     ("vit", "shallow", [*SGD, "prompt.length=10"]),
     ("vit", "deep", [*SGD, "prompt.length=10"]),
-    ("effnet", "bias", ADAMW(1e-3)),
     ("effnet", "full", ADAMW(2e-4)),
     ("vit", "full", ADAMW(5e-5)),
 ]
