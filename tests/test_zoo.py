@@ -284,3 +284,20 @@ def test_modules_inside_the_frozen_backbone_train_while_the_backbone_stays_in_ev
     lora = vpt.PromptedModel(tiny_vit(), vpt.PromptConfig("lora", dropout=0.2), num_classes=2).train()
     qkv = lora.backbone.blocks[0].attn.qkv
     assert qkv.lora_dropout["default"].training and not qkv.base_layer.training
+
+
+def test_sidetune_side_weights_load_through_the_checked_reader(tmp_path):
+    """prompt.side_weights is read like any weights file: safetensors (no pickle), one error for a missing file."""
+    from safetensors.torch import save_file
+
+    from vpt.backbones.weights import WeightsFileError
+    from vpt.methods.vpt_baselines import SideNetwork
+
+    source = SideNetwork("conv", 16, None)
+    path = tmp_path / "side.safetensors"
+    save_file({k: v.contiguous() for k, v in source.net.state_dict().items()}, str(path))
+    loaded = SideNetwork("conv", 16, str(path))
+    for name, tensor in source.net.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[name], tensor), name
+    with pytest.raises(WeightsFileError, match="does not exist"):
+        SideNetwork("conv", 16, str(tmp_path / "missing.safetensors"))

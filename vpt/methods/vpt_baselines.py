@@ -101,19 +101,21 @@ class SideNetwork(nn.Module):
     """``sigmoid(alpha) * encoder feature + (1 - sigmoid(alpha)) * projection(side(images))`` (VPT's ``side``)."""
 
     def __init__(self, side: str, feature_dim: int, weights: str | None) -> None:
+        from ..backbones.weights import read_weights_file  # the one checked reader: safetensors or weights-only torch
+
         super().__init__()
         if side == "alexnet":
             from torchvision.models import alexnet
 
             net = alexnet(weights=None)
             if weights:
-                net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                net.load_state_dict(read_weights_file(weights))
             self.net, width = nn.Sequential(net.features, net.avgpool), 256 * 6 * 6
         else:
             self.net = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
                                      nn.Conv2d(64, 128, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
             if weights:
-                self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                self.net.load_state_dict(read_weights_file(weights))
             width = 128
         self.projection = nn.Linear(width, feature_dim, bias=False)
         self.alpha = nn.Parameter(torch.zeros(()))
