@@ -101,6 +101,9 @@ def test_bank_serves_clip_prompt_tasks_with_vpt_and_pixel_tasks(tmp_path):
     tasks["coop_pets"].save_prompt(tmp_path / "coop")
     bank.add_task("coop_file", tmp_path / "coop")  # from a prompt file: class names from its manifest
     tasks["coop_file"] = tasks["coop_pets"]
+    tasks["maple"].save_prompt(tmp_path / "maple")
+    bank.add_task("maple_file", tmp_path / "maple")
+    tasks["maple_file"] = tasks["maple"]
     calls = []
     hook = clip.transformer.resblocks[0].register_forward_hook(lambda *a: calls.append(1))  # the text tower's
     names = list(tasks) * 2
