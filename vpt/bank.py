@@ -86,7 +86,8 @@ class PromptBank(nn.Module):
         why = method.bank_refusal()
         if why is not None:
             raise ConfigError(f"task {name!r} {why} (prompt={method_name}); a bank shares one frozen backbone, so "
-                              "only prompt and linear-probe tasks fit: run it alone (PromptedModel.from_prompt_file)")
+                              "only prompt, linear-probe, zero-shot and CLIP-prompt (CoOp, IVLP, MaPLe) tasks fit: "
+                              "run it alone (PromptedModel.from_prompt_file)")
 
     def remove_task(self, name: str) -> None:
         if name not in self._tasks:
