@@ -210,3 +210,52 @@ def test_missing_pipeline_data_stops_before_any_measurement(tmp_path):
 def test_random_weights_are_said_once_not_once_per_worker(bench_run):
     lines = [line for line in bench_run.stderr.splitlines() if "random weights" in line]
     assert lines == ["[vpt-bench] random weights (pretrained=False): speed and memory do not depend on the weights"]
+
+
+TINY_CLIP_KWARGS = ('{"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, '
+                    '"head_width": 32}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, '
+                    '"layers": 2}}')
+
+
+def _bench(tmp_path, *args):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "vpt.bench", *args, "--img-size", "32", "--batch-size", "4", "--warmup", "1",
+           "--steps", "2", "--num-classes", "5", "--tasks", "0", "--no-yardstick", "--threads", "1", "--timeout", "120",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def _check_rows(stdout, results, methods):
+    assert list(results["methods"]) == methods
+    for method, row in results["methods"].items():
+        assert "error" not in row, (method, row.get("error"))
+        for key in METHOD_KEYS:
+            assert row[key] > 0, (method, key, row[key])
+        assert row["prompt"]["method"] == method
+        assert any(line.split()[:1] == [method] for line in stdout.splitlines()), method
+
+
+def test_clip_prompt_methods_on_an_open_clip_backbone(tmp_path):
+    """CLIP methods get generated class names; the rows say where the text tower runs (CoCoOp: per image)."""
+    stdout, results = _bench(tmp_path, "--backbone", "open_clip:ViT-B-32", "--backbone-kwargs", TINY_CLIP_KWARGS,
+                             "--methods", "cocoop,maple")
+    _check_rows(stdout, results, ["cocoop", "maple"])
+    rows = results["methods"]
+    assert "per image" in rows["cocoop"]["text_tower"] and "not per image" in rows["maple"]["text_tower"]
+    assert rows["maple"]["prompt"]["depth"] == 2  # the official 9, clipped to the tiny towers
+    assert "text tower: per image" in stdout
+
+
+def test_zoo_methods_on_a_timm_vit(tmp_path):
+    stdout, results = _bench(tmp_path, "--backbone", "vit_tiny_patch16_224", "--patch-size", "8", "--backbone-kwargs",
+                             '{"depth": 2}', "--methods", "lora,sidetune")
+    _check_rows(stdout, results, ["lora", "sidetune"])
+    assert results["methods"]["sidetune"]["prompt"]["side"] == "conv"  # 32 px: AlexNet needs 63
+    assert "text_tower" not in results["methods"]["lora"]

@@ -342,14 +342,25 @@ def test_quickstart_trains_a_step_through_vpt_train(method, tmp_path, monkeypatc
     assert sum(t.numel() for t in tensors.values()) == results["prompt_params"]
 
 
-def test_the_bank_refuses_clip_prompt_tasks(clip, tmp_path):
-    model = vpt.PromptedModel(clip, prompt="coop", class_names=NAMES)
+def test_the_bank_serves_coop_and_refuses_cocoop(clip, tmp_path):
+    model = randomise_eval(vpt.PromptedModel(clip, prompt="coop", class_names=NAMES))
     model.save_prompt(tmp_path / "coop")
     bank = vpt.PromptBank(clip)
-    with pytest.raises(ConfigError, match="learns CLIP text prompts.*run it alone"):
-        bank.add_task("coop", tmp_path / "coop")
-    with pytest.raises(ConfigError, match="learns CLIP text prompts"):
-        bank.add_task("coop", model)
+    bank.add_task("coop", tmp_path / "coop")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(bank(images, ["coop"] * 2), model(images), rtol=0, atol=1e-5)
+    cocoop = vpt.PromptedModel(clip, prompt="cocoop", class_names=NAMES)
+    cocoop.save_prompt(tmp_path / "cocoop")
+    with pytest.raises(ConfigError, match="conditions its text context on each image.*run it alone"):
+        bank.add_task("cocoop", tmp_path / "cocoop")
+    with pytest.raises(ConfigError, match="text tower runs per image"):
+        bank.add_task("cocoop", cocoop)
+
+
+def randomise_eval(model):
+    randomise(model)
+    return model.eval()
 
 
 # ---- base-to-novel ------------------------------------------------------------------------------------------------

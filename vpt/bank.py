@@ -1,7 +1,9 @@
 """Multi-task prompt bank: one frozen backbone, many prompt files, mixed-task batches in one forward pass.
 
 Each task brings token prompts (any length, any prompted layers), a pixel prompt, or neither, plus its own
-head. For a batch, per-layer prompts are gathered per sample from a padded stack; a task's unused
+head. CLIP prompt-learning tasks fit too: a CoOp / IVLP / MaPLe head at inference is a fixed class-embedding matrix
+(the text tower runs once per class set, when the task is added), and IVLP / MaPLe vision prompts are fixed token
+prompts; CoCoOp is refused (its text context depends on each image). For a batch, per-layer prompts are gathered per sample from a padded stack; a task's unused
 (padding) prompt slots are hidden from attention with an additive key bias, so each sample's output
 equals running its own task alone.
 """
@@ -68,7 +70,9 @@ class PromptBank(nn.Module):
         self._check_shareable(name, model.method, model.prompt_config.method)
         model.eval()
         device = next(self.backbone.parameters()).device
-        prompts = {k: v.detach().to(device) for k, v in model.token_prompts.effective().items()} if model.token_prompts else {}
+        source = model.method.prompt_source(model)  # token prompts, or a CLIP head's vision prompts (IVLP, MaPLe)
+        with torch.no_grad():
+            prompts = {k: v.detach().to(device) for k, v in source.effective().items()} if source is not None else {}
         pixel = model.pixel_prompt.prompt_image()[0].detach().to(device) if model.pixel_prompt is not None else None
         spec = model.head.head_spec() if hasattr(model.head, "head_spec") else None
         if spec is None:
@@ -82,7 +86,8 @@ class PromptBank(nn.Module):
         why = method.bank_refusal()
         if why is not None:
             raise ConfigError(f"task {name!r} {why} (prompt={method_name}); a bank shares one frozen backbone, so "
-                              "only prompt and linear-probe tasks fit: run it alone (PromptedModel.from_prompt_file)")
+                              "only prompt, linear-probe, zero-shot and CLIP-prompt (CoOp, IVLP, MaPLe) tasks fit: "
+                              "run it alone (PromptedModel.from_prompt_file)")
 
     def remove_task(self, name: str) -> None:
         if name not in self._tasks:

@@ -56,14 +56,38 @@ def prompt_config(spec: dict[str, Any], method: str) -> dict[str, Any]:
         cfg["length"] = spec["prompt_length"]
     if kind == "pixel":
         cfg["size"] = spec["pad_size"]
+    if method == "sidetune" and spec["img_size"] < ALEXNET_MIN_SIZE:  # AlexNet's pooling needs >= 63 px
+        cfg["side"] = "conv"
     return cfg
+
+
+ALEXNET_MIN_SIZE = 63
+
+#: what each CLIP prompt method's text tower costs per forward (the row says it; see vpt/prompts/clip.py)
+TEXT_TOWER = {"coop": "once per class set (n_cls sequences), not per image",
+              "maple": "once per class set (n_cls sequences), not per image",
+              "ivlp": "once per class set (n_cls sequences), not per image",
+              "cocoop": "per image: batch x n_cls sequences (context conditioned on each image)"}
+
+
+def bench_class_names(num_classes: int) -> list[str]:
+    """Generated class names for the CLIP prompt methods (their text prompts are built from names)."""
+    return [f"class {i}" for i in range(num_classes)]
 
 
 def build_model(spec: dict[str, Any], method: str, backbone=None):
     import vpt
+    from vpt.methods import get_method
 
     backbone = backbone if backbone is not None else build_backbone(spec)
-    return vpt.PromptedModel(backbone, prompt_config(spec, method), num_classes=spec["num_classes"])
+    cfg = prompt_config(spec, method)
+    if not get_method(method).builds_head:
+        return vpt.PromptedModel(backbone, cfg, num_classes=spec["num_classes"])
+    clip = getattr(backbone, "clip_model", None)
+    depth = getattr(vpt.PromptConfig(method).options, "depth", None)
+    if depth is not None and clip is not None:  # the official depth (9), or every layer of a shallower tower
+        cfg["depth"] = min(depth, backbone.num_layers, len(clip.transformer.resblocks))
+    return vpt.PromptedModel(backbone, cfg, class_names=bench_class_names(spec["num_classes"]))
 
 
 def make_optimizer(params, device: str):

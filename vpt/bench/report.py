@@ -23,23 +23,26 @@ def format_table(results: dict[str, Any]) -> str:
 def method_lines(results: dict[str, Any]) -> list[str]:
     """Column header, rule, and per method its row (plus FLOPs / MFU or why they are missing)."""
     cfg = results["config"]
+    w = max([8] + [len(name) for name in results["methods"]])  # zoo names (adaptformer) are longer
     mem_label = "peak GPU MB" if cfg["device"] == "cuda" else "peak RSS MB"
-    header = (f"{'method':<8} {'trainable':>11} {'file bytes':>11} {'train img/s':>11} {'infer img/s':>11} "
+    header = (f"{'method':<{w}} {'trainable':>11} {'file bytes':>11} {'train img/s':>11} {'infer img/s':>11} "
               f"{'step/fwd':>8} {mem_label:>11} {'mem/full':>8}")
     lines = [header, "-" * len(header)]
     full_mem = (results["methods"].get("full") or {}).get("peak_mem_bytes")
     for name, r in results["methods"].items():
         if "error" in r:
-            lines.append(f"{name:<8} ERROR: {r['error'].splitlines()[-1] if r['error'] else ''}")
+            lines.append(f"{name:<{w}} ERROR: {r['error'].splitlines()[-1] if r['error'] else ''}")
             continue
         rel = f"{r['peak_mem_bytes'] / full_mem:.2f}" if full_mem else "-"
-        lines.append(f"{name:<8} {r['trainable_params']:>11,} {r['prompt_file_bytes']:>11,} {r['train_img_s']:>11.2f} "
+        lines.append(f"{name:<{w}} {r['trainable_params']:>11,} {r['prompt_file_bytes']:>11,} {r['train_img_s']:>11.2f} "
                      f"{r['infer_img_s']:>11.2f} {r['step_forward_ratio']:>8.2f} {_mb(r['peak_mem_bytes']):>11} {rel:>8}")
         if r.get("mfu") is not None:
-            lines.append(f"{'':<8} train FLOPs/image {r['train_flops_per_image'] / 1e9:.1f} G, MFU {100 * r['mfu']:.1f}% "
+            lines.append(f"{'':<{w}} train FLOPs/image {r['train_flops_per_image'] / 1e9:.1f} G, MFU {100 * r['mfu']:.1f}% "
                          f"of {cfg.get('peak_tflops')} TFLOP/s")
+        if r.get("text_tower"):
+            lines.append(f"{'':<{w}} text tower: {r['text_tower']}")
         if r.get("flops_error"):
-            lines.append(f"{'':<8} FLOPs not counted: {r['flops_error'].splitlines()[0]}")
+            lines.append(f"{'':<{w}} FLOPs not counted: {r['flops_error'].splitlines()[0]}")
     return lines
 
 

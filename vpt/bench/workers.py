@@ -15,7 +15,7 @@ import torch
 
 from .detection import worker_detection
 from .models import (PlainTimmVPT, build_backbone, build_model, count_flops, forward_fn, make_batch, make_optimizer,
-                     prompt_file_bytes, train_on_fn, train_step_fn)
+                     prompt_file_bytes, train_on_fn, train_step_fn, TEXT_TOWER)
 from .runtime import PeakRSS, autocast, median, rss_bytes, ru_maxrss_bytes, time_alternating
 
 
@@ -55,6 +55,10 @@ def _time_with_peak_memory(contenders, spec: dict[str, Any], device: str) -> tup
                        memory_kind="peak RSS above pre-step baseline")
 
 
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
 def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
     """One method: train / inference throughput, step/forward ratio, peak memory, parameters, file size."""
     _prepare(spec)
@@ -67,7 +71,10 @@ def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
     step = train_step_fn(model, optimizer, images, labels, device, precision, compiled)
     forward = forward_fn(model, images, device, precision, compiled)
     result: dict[str, Any] = {"method": method, "trainable_params": model.num_trainable_params,
-                              "total_params": model.param_summary()["total"]}
+                              "total_params": model.param_summary()["total"],
+                              "prompt": _jsonable(model.prompt_config.to_dict())}
+    if method in TEXT_TOWER:
+        result["text_tower"] = TEXT_TOWER[method]
     result.update(prompt_file_bytes(model))
     times, memory = _time_with_peak_memory({"train": step, "forward": forward}, spec, device)
     result.update(memory)

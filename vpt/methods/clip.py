@@ -128,9 +128,10 @@ class ClipPromptMethod(Method):
         head = model.head
         return head if getattr(head, "has_vision_prompts", False) else None
 
-    def bank_refusal(self) -> str:
-        return ("learns CLIP text prompts (its head runs the text tower on the learned context; the bank holds "
-                "fixed heads and image prompts only)")
+    def bank_refusal(self) -> str | None:
+        # at inference the head is a fixed class-embedding matrix (text features of the learned context, computed
+        # once when the bank adds the task) and the vision prompts (IVLP, MaPLe) are fixed per-layer token prompts
+        return None
 
 
 class CoOp(ClipPromptMethod):
@@ -142,6 +143,10 @@ class CoCoOp(ClipPromptMethod):
     name = "cocoop"
     config_class = CoCoOpOptions
     meta_net = True
+
+    def bank_refusal(self) -> str:
+        return ("conditions its text context on each image (CoCoOp's meta-net), so its class embeddings are not a "
+                "fixed matrix: the text tower runs per image, which a bank's fixed heads cannot hold")
 
 
 class MaPLe(ClipPromptMethod):

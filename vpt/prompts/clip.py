@@ -285,6 +285,21 @@ class CLIPPromptHead(nn.Module):
     def attn_bias(self, layer: int, num_tokens: int, prompt_length: int) -> None:
         return None
 
+    def effective(self) -> dict[int, torch.Tensor]:
+        """Layer -> (P, D) vision prompts as the image tower sees them (layer 0 after ln_pre; MaPLe's coupling
+        maps applied): fixed at inference, so a :class:`~vpt.bank.PromptBank` holds them as token prompts."""
+        return {layer: self.vision_prompts_at(layer) for layer in self.vision_layers}
+
+    def head_spec(self) -> dict | None:
+        """The fixed head of this task at inference (the bank's form): normalised class text features, no bias,
+        cosine logits times the logit scale. None for CoCoOp (its text features depend on each image)."""
+        if self.meta_net is not None:
+            return None
+        with torch.no_grad():
+            weight = self.class_text_features().detach().float()
+        return {"weight": weight, "bias": weight.new_zeros(weight.shape[0]), "normalize": True,
+                "scale": self.logit_scale}
+
     @property
     def has_vision_prompts(self) -> bool:
         return bool(self.vision_layers)
