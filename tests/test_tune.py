@@ -96,7 +96,7 @@ def test_packaged_grids_hold_vpts_values():
 
 
 def test_bad_grids_name_the_fix(tmp_path):
-    with pytest.raises(ConfigError, match="valid names: prompt_shape, tiny, vpt, vpt_full"):
+    with pytest.raises(ConfigError, match="valid names: coop_fewshot, prompt_shape, tiny, vpt, vpt_full"):
         load_grid("vtp")
     bad = tmp_path / "g.yaml"
     bad.write_text(yaml.safe_dump({"params": {LR: [1.0]}, "extend": [WD]}))
@@ -177,6 +177,19 @@ def test_protocol_searches_picks_retrains_and_writes_the_table(tmp_path):
     again = FakeRunner(peaked_at(2.0))
     Protocol(["prompt=deep"], settings(tmp_path, lr_grid([0.5, 2.0, 8.0])), again, None).run()
     assert again.batches == [[], []]  # everything reused
+
+
+def test_no_search_trains_every_point_with_every_seed(tmp_path):
+    """tune.search=false over several points is a sweep (CoOp's shots x seeds): no pick, one table row per point."""
+    runner = FakeRunner(peaked_at(2.0))
+    result = Protocol([], settings(tmp_path, lr_grid([0.5, 2.0]), seeds=[1, 2], search=False), runner, None).run()
+    assert result.pick is None and result.pick_settings is None and result.search_runs == []
+    assert runner.batches == [[f"final/lr{lr}_wd0.0001_seed{s}" for lr in (0.5, 2.0) for s in (1, 2)]]
+    table = (tmp_path / "tune" / "table.md").read_text()
+    assert "| 0.5 | 0.0001 | 2 | 61.50 ± 0.71 |" in table and "| 2 | 0.0001 | 2 | 61.50 ± 0.71 |" in table
+    summary = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert summary["pick"] is None and len(summary["final"]) == 4
+    assert load_grid("coop_fewshot").points() == [(1,), (2,), (4,), (8,), (16,)]
 
 
 def test_changed_arguments_or_weights_retrain_and_keep_the_old_runs(tmp_path):

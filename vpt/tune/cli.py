@@ -6,6 +6,7 @@ tested) for any experiment. ``tune.*`` arguments set the tuning; every other arg
     vpt-tune experiment=vtab/cifar100 hydra/launcher=slurm hydra.launcher.partition=gpu # one Slurm job per run
     vpt-tune data.val_fraction=0.2 tune.grid=tiny tune.seeds=3                           # the digits quickstart
     vpt-tune prompt=deep tune.grid=prompt_shape                                          # prompt length x depth
+    vpt-tune experiment=coop/oxford_pets tune.grid=coop_fewshot tune.search=false tune.seeds=[1,2,3]  # CoOp's shots
 
 Run the same command again after an interruption: finished runs are reused, unfinished ones resume.
 """
@@ -31,7 +32,7 @@ OPTION_HELP = {
     "metric": "the stage-1 score in results.json (default: the config's optimized_metric, val_top1)",
     "search_seed": "the seed of the stage-1 runs (default: the config's seed)",
     "final_on_trainval": "stage 2 trains on train+val (default: true; false: VPT's FGVC protocol)",
-    "search": "false: skip stage 1 and train the grid's single point with every seed (default: true)",
+    "search": "false: skip stage 1 and train every grid point with every seed, e.g. tune.grid=coop_fewshot (default: true)",
 }
 
 

@@ -37,7 +37,8 @@ DEFAULTS: dict[str, Any] = {"grid": "vpt", "seeds": 5, "max_extend": 2, "jobs": 
 class TuneSettings:
     """How to tune. ``seeds``: a count (0..N-1) or a list. ``metric``/``search_seed`` default to the config's
     ``optimized_metric`` / ``seed``. ``final_on_trainval=false`` keeps val out of stage 2 (VPT's FGVC protocol).
-    ``search=false`` skips stage 1 and trains the grid's single point."""
+    ``search=false`` skips stage 1 and trains every grid point with every seed: the grid's single point, or a sweep
+    such as CoOp's shots (configs/tune/coop_fewshot.yaml), one table row per point."""
 
     grid: Grid
     seeds: list[int]
@@ -116,14 +117,14 @@ class TuneResult:
     grid: Grid
     metric: str
     scores: dict[Point, float | None]
-    pick: Point
+    pick: Point | None  # None: tune.search=false over several points (each one trained, none picked)
     search_runs: list[TrainRun]
     final_runs: list[TrainRun]
     rows: list = field(default_factory=list)  # vpt.report rows of the final table
 
     @property
-    def pick_settings(self) -> dict[str, Any]:
-        return self.grid.as_dict(self.pick)
+    def pick_settings(self) -> dict[str, Any] | None:
+        return self.grid.as_dict(self.pick) if self.pick is not None else None
 
     @property
     def final_results(self) -> list[dict[str, Any]]:
@@ -205,13 +206,12 @@ class Protocol:
             for key in grids.at_edge(settings.grid, scores):
                 print(f"warning: the pick's {key} is still at the edge of the searched range; raise "
                       "tune.max_extend to look further", flush=True)
-        else:
+        else:  # no stage 1: every grid point with every seed (one point: that setting; several: a sweep, e.g. shots)
             points = settings.grid.points()
-            if len(points) != 1:
-                raise ConfigError(f"tune.search=false trains one setting, but grid {settings.grid.name!r} has "
-                                  f"{len(points)}; give a grid with one value per key")
-            scores, search_runs, pick = {}, [], points[0]
-        final_runs = [self.stage_run("final", pick, seed, settings.final_on_trainval) for seed in settings.seeds]
+            scores, search_runs, pick = {}, [], points[0] if len(points) == 1 else None
+        trained = [pick] if pick is not None else settings.grid.points()
+        final_runs = [self.stage_run("final", point, seed, settings.final_on_trainval)
+                      for point in trained for seed in settings.seeds]
         self.execute(final_runs, "final")
         result = TuneResult(settings.out, settings.grid, settings.metric, scores, pick, search_runs, final_runs)
         write_reports(result)
