@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import ConfigError
 from . import grid as grids
 from .grid import Grid, Point
-from .launch import HYDRA_LOCK, HydraLauncherRunner, SubprocessRunner, TrainRun
+from .launch import HYDRA_LOCK, HydraLauncherRunner, SubprocessRunner, TrainRun, evaluate_new_classes
 from ..files import file_sha256
 from .records import (REUSE, is_launch_setting, override_key, prepare_run_dir, read_results,
                       run_record, weights_file)
@@ -30,7 +30,7 @@ from .summary import write_reports
 
 STAGE_DATA_KEY = "data.train_on_trainval"
 DEFAULTS: dict[str, Any] = {"grid": "vpt", "seeds": 5, "max_extend": 2, "jobs": 1, "out": None, "metric": None,
-                            "search_seed": None, "final_on_trainval": True, "search": True}
+                            "search_seed": None, "final_on_trainval": True, "search": True, "eval_new": False}
 
 
 @dataclass
@@ -49,6 +49,7 @@ class TuneSettings:
     jobs: int = 1
     final_on_trainval: bool = True
     search: bool = True
+    eval_new: bool = False  # base-to-novel: each final run's prompt file also scored on the new classes
 
     @classmethod
     def resolve(cls, options: Mapping[str, Any], train: "TrainInfo") -> "TuneSettings":
@@ -68,7 +69,8 @@ class TuneSettings:
         search_seed = train.seed if merged["search_seed"] is None else int(merged["search_seed"])
         return cls(grid=grid, seeds=[int(s) for s in seeds], out=out.resolve(), metric=merged["metric"] or train.metric,
                    search_seed=search_seed, max_extend=int(merged["max_extend"]), jobs=int(merged["jobs"]),
-                   final_on_trainval=_flag(merged["final_on_trainval"]), search=_flag(merged["search"]))
+                   final_on_trainval=_flag(merged["final_on_trainval"]), search=_flag(merged["search"]),
+                   eval_new=_flag(merged["eval_new"]))
 
 
 def _flag(value: Any) -> bool:
@@ -152,9 +154,11 @@ def make_runner(launch_args: Sequence[str], settings: TuneSettings):
 class Protocol:
     """One tuning: the two stages over ``task_args`` with ``settings``, runs through ``runner``."""
 
-    def __init__(self, task_args: Sequence[str], settings: TuneSettings, runner, weights_sha256: str | None) -> None:
+    def __init__(self, task_args: Sequence[str], settings: TuneSettings, runner, weights_sha256: str | None,
+                 evaluate_new=evaluate_new_classes) -> None:
         self.task_args, self.settings, self.runner = list(task_args), settings, runner
         self.weights_sha256 = weights_sha256
+        self.evaluate_new = evaluate_new  # tune.eval_new: run -> <run dir>/new/results.json
 
     def stage_run(self, stage: str, point: Point, seed: int, on_trainval: bool) -> TrainRun:
         grid = self.settings.grid
@@ -213,6 +217,10 @@ class Protocol:
         final_runs = [self.stage_run("final", point, seed, settings.final_on_trainval)
                       for point in trained for seed in settings.seeds]
         self.execute(final_runs, "final")
+        if settings.eval_new:
+            for run in final_runs:
+                if (run.results or {}).get("status", "completed") == "completed":
+                    self.evaluate_new(run)
         result = TuneResult(settings.out, settings.grid, settings.metric, scores, pick, search_runs, final_runs)
         write_reports(result)
         return result
