@@ -32,7 +32,8 @@ NEW_CLASSES_FOLDER = "new"
 NEW_METRIC = "new_top1"
 # Config keys that do not describe the experiment: where files went, how the run was watched or resumed.
 IGNORED_KEYS = {"seed", "output_dir", "trainer.resume", "trainer.progress_bar"}
-IGNORED_PREFIXES = ("hydra.", "paths.", "logger.", "paper.", "paper_means.", "tune.", "vpt_recipe.", "coop_recipe.")  # not settings of a run
+IGNORED_PREFIXES = ("hydra.", "paths.", "logger.", "paper.", "paper_means.", "tune.", "vpt_recipe.",
+                    "coop_recipe.")  # not settings of a run
 # Labels derived from other keys (name: ${prompt.method}_${data.name}); kept only when they tell runs apart.
 LABEL_KEYS = ("name",)
 

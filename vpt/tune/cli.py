@@ -35,7 +35,8 @@ OPTION_HELP = {
     "final_on_trainval": "stage 2 trains on train+val (default: true; false: VPT's FGVC protocol)",
     "eval_new": "base-to-novel: score each final run's prompt file on the new classes too (vpt-eval into <run>/new; "
                 "the table adds new_top1 and hm_top1; default: false)",
-    "search": "false: skip stage 1 and train every grid point with every seed, e.g. tune.grid=coop_fewshot (default: true)",
+    "search": ("false: skip stage 1 and train every grid point with every seed, e.g. tune.grid=coop_fewshot "
+               "(default: true)"),
 }
 
 
