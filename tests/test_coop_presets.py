@@ -102,3 +102,18 @@ def test_a_preset_trains_a_step_on_a_stand_in_split(tmp_path):
     results = train(cfg)
     assert results["status"] == "completed" and results["method"] == "coop"
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "completed"
+
+
+def test_imagenet_names_its_wnid_folders_from_coops_classnames_file(tmp_path):
+    images = tmp_path / "imagenet" / "images"
+    for split in ("train", "val"):
+        for wnid in ("n01440764", "n01443537"):
+            (images / split / wnid).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(images / split / wnid / "a.png")
+    (tmp_path / "imagenet" / "classnames.txt").write_text("n01440764 tench\nn01443537 goldfish\nn01484850 great white shark\n")
+    spec = {"name": "imagefolder", "root": str(images), "class_names_file": "classnames.txt"}
+    assert build_data(spec, IMAGE).class_names == ["tench", "goldfish"]  # found beside images/, as CoOp keeps it
+    (tmp_path / "imagenet" / "classnames.txt").write_text("n01440764 tench\n")
+    with pytest.raises(vpt.errors.ConfigError, match="missing: n01443537"):
+        build_data(spec, IMAGE)
+    assert compose_preset("experiment=coop/imagenet").data.class_names_file == "classnames.txt"

@@ -61,10 +61,34 @@ def build_imagefolder(spec: DataSpec) -> SourceSplits:
         if unknown:
             raise ConfigError(f"{split_dirs[split]} has classes missing from train/: {', '.join(sorted(unknown))}")
     sources = {split: _scan_class_folders(folder, class_names) for split, folder in split_dirs.items()}
+    if spec.class_names_file:
+        class_names = _folder_names(root, spec.class_names_file, class_names)
     if len(sources["train"]) == 0:
         raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dirs['train']}")
     _refuse_empty_classes(split_dirs["train"], class_names, sources["train"].labels)
     return SourceSplits(sources["train"], sources.get("val"), sources.get("test"), class_names)
+
+
+def _folder_names(root: Path, names_file: str, folders: Sequence[str]) -> list[str]:
+    """The words for each class folder from ``<folder> <class name>`` lines (CoOp's ImageNet ``classnames.txt``:
+    ``n01440764 tench``); relative paths are taken from root, then from its parent (CoOp keeps the file in
+    ``$DATA/imagenet/`` beside ``images/``)."""
+    path = Path(names_file).expanduser()
+    if not path.is_absolute():
+        path = next((base / path for base in (root, root.parent) if (base / path).is_file()), root / path)
+    if not path.is_file():
+        raise ConfigError(f"data.class_names_file {str(path)!r} does not exist; pass the file of "
+                          "'<folder> <class name>' lines (CoOp's ImageNet classnames.txt)")
+    names = {}
+    for line in path.read_text().splitlines():
+        folder, _, name = line.strip().partition(" ")
+        if folder:
+            names[folder] = name.strip() or folder
+    missing = [folder for folder in folders if folder not in names]
+    if missing:
+        raise ConfigError(f"{path} names {len(folders) - len(missing)} of the {len(folders)} class folders; "
+                          f"missing: {', '.join(missing[:5])}")
+    return [names[folder] for folder in folders]
 
 
 def _refuse_empty_classes(train_dir: Path, class_names: Sequence[str], labels) -> None:
