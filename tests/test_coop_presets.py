@@ -54,6 +54,8 @@ def test_preset_carries_coops_files_template_and_recipe(preset):
               for shots in (1, 2, 4, 8, 16)}
     assert epochs == ({k: 50 for k in epochs} if preset == "imagenet" else {1: 50, 2: 100, 4: 100, 8: 200, 16: 200})
     assert compose_preset(f"experiment=coop/{preset}", "prompt=maple").name == f"coop_{preset}_maple"
+    assert dict(cfg.tune) == {"grid": "coop_fewshot", "search": False, "seeds": [1, 2, 3],
+                               "final_on_trainval": False}  # vpt-tune: the protocol
 
 
 def _aircraft(root: Path):

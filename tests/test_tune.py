@@ -211,7 +211,8 @@ def test_eval_new_scores_each_final_run_on_the_new_classes_and_reports_the_hm(tm
     assert row.stats["hm_top1"].mean == pytest.approx(2 * 60.5 * 41.0 / 101.5)
     assert "| hm_top1 |" in (tmp_path / "tune" / "table.md").read_text()
     tuned = compose_train_tune_block()
-    assert tuned == {"grid": "base2new", "search": False, "seeds": [1, 2, 3], "eval_new": True}
+    assert tuned == {"grid": "base2new", "search": False, "seeds": [1, 2, 3], "final_on_trainval": False,
+                     "eval_new": True}
     assert load_grid("base2new").points() == [("base",)]
 
 

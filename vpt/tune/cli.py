@@ -6,7 +6,7 @@ tested) for any experiment. ``tune.*`` arguments set the tuning; every other arg
     vpt-tune experiment=vtab/cifar100 hydra/launcher=slurm hydra.launcher.partition=gpu # one Slurm job per run
     vpt-tune data.val_fraction=0.2 tune.grid=tiny tune.seeds=3                           # the digits quickstart
     vpt-tune prompt=deep tune.grid=prompt_shape                                          # prompt length x depth
-    vpt-tune experiment=coop/oxford_pets tune.grid=coop_fewshot tune.search=false tune.seeds=[1,2,3]  # CoOp's shots
+    vpt-tune experiment=coop/oxford_pets data.root=/data/oxford_pets            # CoOp's shots x seeds (its tune:)
     vpt-tune experiment=base2new_maple data.root=/data/oxford_pets              # base-to-novel: base, new, HM
 
 Run the same command again after an interruption: finished runs are reused, unfinished ones resume.
