@@ -15,8 +15,8 @@ import yaml
 from PIL import Image
 
 from vpt.errors import ConfigError
-from vpt.report import (NoResultsError, collect_runs, default_metrics, main, summarise, to_markdown,
-                        varying_keys, write_plots, write_tables)
+from vpt.report import (NoResultsError, collect_runs, default_metrics, harmonic_mean, main, summarise, to_json,
+                        to_markdown, varying_keys, write_plots, write_tables)
 
 # test_top1 per (method, prompt length) for seeds 0, 1, 2, and the mean / sample std worked out by hand.
 TOP1 = {("deep", 1): [80.0, 82.0, 84.0], ("deep", 10): [90.0, 91.0, 95.0],
@@ -273,3 +273,37 @@ def test_vpt_eval_results_without_status_count_as_finished(tmp_path):
     (folder / "results.json").write_text(json.dumps(results))
     (run,) = collect_runs(tmp_path)
     assert run.metric("test_top1") == 55.0
+
+
+B2N_PAPER = {"source": "11-dataset means", "coop": {"test_top1": 82.69, "new_top1": 63.22, "hm_top1": 71.66},
+             "maple": {"test_top1": 82.28, "new_top1": 75.14, "hm_top1": 78.55}}
+
+
+def test_base_to_novel_runs_get_the_harmonic_mean_beside_the_papers(tmp_path):
+    # base 80, 84 -> mean 82; new (vpt-eval in <run>/new) 60, 66 -> mean 63; HM = 2*82*63 / 145 = 10332 / 145 = 71.2551...
+    for seed, (base, new) in enumerate([(80.0, 60.0), (84.0, 66.0)]):
+        run = write_run(tmp_path / f"coop{seed}", "coop", None, seed, base, paper=B2N_PAPER)
+        (run / "new").mkdir()
+        (run / "new" / "results.json").write_text(json.dumps({"method": "coop", "test_top1": new, "seed": seed}))
+    # MaPLe: one run, base 90, new 70 reported in results.json itself: HM = 2*90*70 / 160 = 78.75
+    write_run(tmp_path / "maple0", "maple", None, 0, 90.0, paper=B2N_PAPER, new_top1=70.0)
+    runs = collect_runs(tmp_path)
+    assert len(runs) == 3  # the new/ evaluations are read with their runs, not as runs
+    assert default_metrics(runs)[:3] == ["test_top1", "new_top1", "hm_top1"]
+    coop, maple = summarise(runs, group_by=["prompt.method"])
+    assert coop.stats["new_top1"] == (63.0, pytest.approx(math.sqrt(18)), 2)
+    assert coop.stats["hm_top1"].mean == pytest.approx(10332 / 145) and coop.stats["hm_top1"].n == 2
+    assert maple.stats["hm_top1"].mean == pytest.approx(78.75)
+    assert coop.paper == {"test_top1": 82.69, "new_top1": 63.22, "hm_top1": 71.66}
+    table = to_markdown([coop, maple]).splitlines()
+    assert table[0].startswith("| prompt.method | n | test_top1 | paper | new_top1 | paper | hm_top1 | paper |")
+    assert table[2].startswith("| coop | 2 | 82.00 ± 2.83 | 82.69 | 63.00 ± 4.24 | 63.22 | 71.26 | 71.66 |")
+    assert table[3].startswith("| maple | 1 | 90.00 | 82.28 | 70.00 | 75.14 | 78.75 | 78.55 |")
+    assert to_json([coop])["rows"][0]["metrics"]["hm_top1"]["paper"] == 71.66
+    assert harmonic_mean(82.69, 63.22) == pytest.approx(71.66, abs=0.01) and harmonic_mean(0.0, 0.0) == 0.0
+    assert harmonic_mean(80.0, None) is None
+    only_base = summarise(collect_runs(tmp_path / "maple0"), metrics=["test_top1", "hm_top1"])[0]
+    assert only_base.stats["hm_top1"].mean == pytest.approx(78.75)
+    with pytest.raises(ConfigError, match="hm_top1"):
+        write_run(tmp_path / "other" / "r", "deep", 1, 0, 50.0)
+        summarise(collect_runs(tmp_path / "other"), metrics=["hm_top1"])

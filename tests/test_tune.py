@@ -96,7 +96,7 @@ def test_packaged_grids_hold_vpts_values():
 
 
 def test_bad_grids_name_the_fix(tmp_path):
-    with pytest.raises(ConfigError, match="valid names: prompt_shape, tiny, vpt, vpt_full"):
+    with pytest.raises(ConfigError, match="valid names: base2new, coop_fewshot, prompt_shape, tiny, vpt, vpt_full"):
         load_grid("vtp")
     bad = tmp_path / "g.yaml"
     bad.write_text(yaml.safe_dump({"params": {LR: [1.0]}, "extend": [WD]}))
@@ -177,6 +177,49 @@ def test_protocol_searches_picks_retrains_and_writes_the_table(tmp_path):
     again = FakeRunner(peaked_at(2.0))
     Protocol(["prompt=deep"], settings(tmp_path, lr_grid([0.5, 2.0, 8.0])), again, None).run()
     assert again.batches == [[], []]  # everything reused
+
+
+def test_no_search_trains_every_point_with_every_seed(tmp_path):
+    """tune.search=false over several points is a sweep (CoOp's shots x seeds): no pick, one table row per point."""
+    runner = FakeRunner(peaked_at(2.0))
+    result = Protocol([], settings(tmp_path, lr_grid([0.5, 2.0]), seeds=[1, 2], search=False), runner, None).run()
+    assert result.pick is None and result.pick_settings is None and result.search_runs == []
+    assert runner.batches == [[f"final/lr{lr}_wd0.0001_seed{s}" for lr in (0.5, 2.0) for s in (1, 2)]]
+    table = (tmp_path / "tune" / "table.md").read_text()
+    assert "| 0.5 | 0.0001 | 2 | 61.50 ± 0.71 |" in table and "| 2 | 0.0001 | 2 | 61.50 ± 0.71 |" in table
+    summary = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert summary["pick"] is None and len(summary["final"]) == 4
+    assert load_grid("coop_fewshot").points() == [(1,), (2,), (4,), (8,), (16,)]
+
+
+def test_eval_new_scores_each_final_run_on_the_new_classes_and_reports_the_hm(tmp_path):
+    """Base-to-novel as one vpt-tune (base2new_maple's tune: block): base = test_top1 (60, 61), new from
+    <run>/new/results.json (40, 42): HM of the means 2 * 60.5 * 41 / 101.5 = 48.876..."""
+    evaluated = []
+
+    def fake_eval(run):
+        evaluated.append(run.label)
+        (run.dir / "new").mkdir()
+        (run.dir / "new" / "results.json").write_text(json.dumps({"test_top1": 40.0 + 2 * run.seed}))
+
+    grid = lr_grid([2.0])
+    result = Protocol([], settings(tmp_path, grid, seeds=[0, 1], search=False, eval_new=True), FakeRunner(peaked_at(2.0)),
+                      None, evaluate_new=fake_eval).run()
+    assert evaluated == ["final/lr2.0_wd0.0001_seed0", "final/lr2.0_wd0.0001_seed1"]
+    (row,) = result.rows
+    assert row.stats["new_top1"].mean == pytest.approx(41.0)
+    assert row.stats["hm_top1"].mean == pytest.approx(2 * 60.5 * 41.0 / 101.5)
+    assert "| hm_top1 |" in (tmp_path / "tune" / "table.md").read_text()
+    tuned = compose_train_tune_block()
+    assert tuned == {"grid": "base2new", "search": False, "seeds": [1, 2, 3], "final_on_trainval": False,
+                     "eval_new": True}
+    assert load_grid("base2new").points() == [("base",)]
+
+
+def compose_train_tune_block():
+    from vpt.tune.protocol import read_train_config
+
+    return read_train_config(["experiment=base2new_maple", "output_dir=/tmp/x"]).tune_block
 
 
 def test_changed_arguments_or_weights_retrain_and_keep_the_old_runs(tmp_path):

@@ -61,10 +61,34 @@ def build_imagefolder(spec: DataSpec) -> SourceSplits:
         if unknown:
             raise ConfigError(f"{split_dirs[split]} has classes missing from train/: {', '.join(sorted(unknown))}")
     sources = {split: _scan_class_folders(folder, class_names) for split, folder in split_dirs.items()}
+    if spec.class_names_file:
+        class_names = _folder_names(root, spec.class_names_file, class_names)
     if len(sources["train"]) == 0:
         raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dirs['train']}")
     _refuse_empty_classes(split_dirs["train"], class_names, sources["train"].labels)
     return SourceSplits(sources["train"], sources.get("val"), sources.get("test"), class_names)
+
+
+def _folder_names(root: Path, names_file: str, folders: Sequence[str]) -> list[str]:
+    """The words for each class folder from ``<folder> <class name>`` lines (CoOp's ImageNet ``classnames.txt``:
+    ``n01440764 tench``); relative paths are taken from root, then from its parent (CoOp keeps the file in
+    ``$DATA/imagenet/`` beside ``images/``)."""
+    path = Path(names_file).expanduser()
+    if not path.is_absolute():
+        path = next((base / path for base in (root, root.parent) if (base / path).is_file()), root / path)
+    if not path.is_file():
+        raise ConfigError(f"data.class_names_file {str(path)!r} does not exist; pass the file of "
+                          "'<folder> <class name>' lines (CoOp's ImageNet classnames.txt)")
+    names = {}
+    for line in path.read_text().splitlines():
+        folder, _, name = line.strip().partition(" ")
+        if folder:
+            names[folder] = name.strip() or folder
+    missing = [folder for folder in folders if folder not in names]
+    if missing:
+        raise ConfigError(f"{path} names {len(folders) - len(missing)} of the {len(folders)} class folders; "
+                          f"missing: {', '.join(missing[:5])}")
+    return [names[folder] for folder in folders]
 
 
 def _refuse_empty_classes(train_dir: Path, class_names: Sequence[str], labels) -> None:
@@ -188,11 +212,14 @@ def build_zhou_split(spec: DataSpec) -> SourceSplits:
     ``split_zhou_*.json`` in root); ``data.image_dir``: the folder the paths are relative to (default: found, e.g.
     ``images`` or ``jpg`` under root)."""
     root = require_root(spec, hint=" (the folder holding split_zhou_<Dataset>.json and the images)")
-    split_path = _zhou_split_path(root, spec.split_file)
-    try:
-        splits = json.loads(split_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{split_path} is not valid JSON: {error}") from error
+    if spec.split_file == AIRCRAFT_VARIANTS:  # FGVC-Aircraft: CoOp reads the dataset's own lists, no JSON
+        split_path, splits = root / AIRCRAFT_VARIANTS, _aircraft_splits(root)
+    else:
+        split_path = _zhou_split_path(root, spec.split_file)
+        try:
+            splits = json.loads(split_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{split_path} is not valid JSON: {error}") from error
     if not isinstance(splits, dict) or not isinstance(splits.get("train"), list):
         raise ConfigError(f"{split_path} should hold {{'train': [[path, label, classname], ...], 'val': ..., "
                           "'test': ...}} (CoOp's split_zhou_<Dataset>.json)")
@@ -224,6 +251,36 @@ def build_zhou_split(spec: DataSpec) -> SourceSplits:
 
     return SourceSplits(source(entries["train"]), source(entries.get("val")), source(entries.get("test")),
                         [names[label] for label in labels])
+
+
+AIRCRAFT_VARIANTS = "variants.txt"
+
+
+def _aircraft_splits(root: Path) -> dict[str, list]:
+    """FGVC-Aircraft as CoOp's datasets/fgvc_aircraft.py reads it (data.split_file=variants.txt): class names in
+    ``variants.txt`` order, ``images_variant_{train,val,test}.txt`` lines ``<image id> <variant name>``, images in
+    ``images/<id>.jpg``; returned in the split JSON's shape."""
+    path = root / AIRCRAFT_VARIANTS
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r} does not exist; data.root should be FGVC-Aircraft's data/ folder "
+                          "(fgvc-aircraft-2013b/data, CoOp's $DATA/fgvc_aircraft)")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    labels = {name: i for i, name in enumerate(names)}
+    splits: dict[str, list] = {}
+    for split in ("train", "val", "test"):
+        lists = root / f"images_variant_{split}.txt"
+        if not lists.is_file():
+            raise ConfigError(f"{str(lists)!r} does not exist (FGVC-Aircraft's data/ folder has it)")
+        rows = []
+        for line in lists.read_text().splitlines():
+            if not line.strip():
+                continue
+            image, _, name = line.strip().partition(" ")
+            if name not in labels:
+                raise ConfigError(f"{lists.name}: variant {name!r} is not in {AIRCRAFT_VARIANTS}")
+            rows.append([f"{image}.jpg", labels[name], name])
+        splits[split] = rows
+    return splits
 
 
 def _zhou_split_path(root: Path, split_file: str | None) -> Path:

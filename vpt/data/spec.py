@@ -55,6 +55,8 @@ class DataSpec:
     # name=zhou_split: CoOp's split_zhou_<Dataset>.json ([path, label, classname] lists) and its images' folder
     split_file: str | None = None
     image_dir: str | None = None
+    # name=imagefolder: "<folder> <class name>" lines (CoOp's ImageNet classnames.txt) naming the class folders
+    class_names_file: str | None = None
     image_key: str = "image"
     label_key: str = "label"
 

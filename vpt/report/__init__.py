@@ -9,11 +9,11 @@
 from .cli import main
 from .plots import write_plots
 from .runs import NoResultsError, Run, RunList, collect_runs, flatten, varying_keys
-from .table import Row, Stat, accuracy_metric, default_metrics, summarise
+from .table import Row, Stat, accuracy_metric, default_metrics, harmonic_mean, summarise
 from .writers import to_csv, to_json, to_markdown, write_tables
 
 __all__ = [
     "NoResultsError", "Row", "Run", "RunList", "Stat", "accuracy_metric", "collect_runs", "default_metrics",
-    "flatten", "main", "summarise", "to_csv", "to_json", "to_markdown", "varying_keys", "write_plots",
+    "flatten", "harmonic_mean", "main", "summarise", "to_csv", "to_json", "to_markdown", "varying_keys", "write_plots",
     "write_tables",
 ]

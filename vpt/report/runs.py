@@ -26,9 +26,14 @@ CONFIG_FILE = "config.yaml"
 COMPLETED = "completed"
 # Folders that never hold a run of their own; skipping them keeps the walk fast on big sweeps.
 NOT_RUN_FOLDERS = {"wandb", "__pycache__"}
+# Base-to-novel: vpt-eval of a run's prompt file on the new classes (data.subsample_classes=new), written to
+# <run dir>/new; its test_top1 is the run's new_top1 (and the report's hm_top1), not a run of its own.
+NEW_CLASSES_FOLDER = "new"
+NEW_METRIC = "new_top1"
 # Config keys that do not describe the experiment: where files went, how the run was watched or resumed.
 IGNORED_KEYS = {"seed", "output_dir", "trainer.resume", "trainer.progress_bar"}
-IGNORED_PREFIXES = ("hydra.", "paths.", "logger.", "paper.", "paper_means.", "tune.", "vpt_recipe.")  # not settings of a run
+IGNORED_PREFIXES = ("hydra.", "paths.", "logger.", "paper.", "paper_means.", "tune.", "vpt_recipe.",
+                    "coop_recipe.")  # not settings of a run
 # Labels derived from other keys (name: ${prompt.method}_${data.name}); kept only when they tell runs apart.
 LABEL_KEYS = ("name",)
 
@@ -133,6 +138,7 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in NOT_RUN_FOLDERS)
         if RESULTS_FILE in files:
             found.append(Path(folder) / RESULTS_FILE)
+            subfolders[:] = [d for d in subfolders if d != NEW_CLASSES_FOLDER]  # read with the run (read_run)
         elif CONFIG_FILE in files:  # vpt-train writes config.yaml first, results.json last
             unfinished.append(Path(folder))
     return found, unfinished
@@ -170,6 +176,11 @@ def read_run(results_path: Path) -> Run | None:
             return None
     else:
         config = _config_from_results(results)
+    new_path = results_path.parent / NEW_CLASSES_FOLDER / RESULTS_FILE
+    if NEW_METRIC not in results and new_path.is_file():
+        new = _read_mapping(new_path, json.loads) or {}
+        if as_number(new.get("test_top1")) is not None:
+            results = {**results, NEW_METRIC: new["test_top1"]}
     return Run(dir=results_path.parent, results=results, config=config)
 
 

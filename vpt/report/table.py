@@ -10,7 +10,10 @@ from ..errors import ConfigError
 from .runs import Run, as_number, comparable, varying_keys
 
 # Default metrics, each kept when some run reports it: classification, then detection, then cost.
-ACCURACY_METRICS = ("test_top1", "val_top1", "test_map", "test_ap50")
+# Base-to-novel (CoCoOp's protocol): test_top1 on the base classes, new_top1 on the new ones (runs.NEW_METRIC),
+# hm_top1 = 2 * base * new / (base + new) of the row's means (as CoCoOp's tables), unless the runs report it.
+BASE_METRIC, NEW_METRIC, HM_METRIC = "test_top1", "new_top1", "hm_top1"
+ACCURACY_METRICS = ("test_top1", NEW_METRIC, HM_METRIC, "val_top1", "test_map", "test_ap50")
 COST_METRICS = ("trainable_params", "train_seconds")
 DEFAULT_METRICS = ACCURACY_METRICS + COST_METRICS
 # Keys of a `paper:` block that are not methods.
@@ -58,9 +61,25 @@ def numeric_results_keys(runs: Sequence[Run]) -> list[str]:
     return list(keys)
 
 
+def harmonic_mean(base: float | None, new: float | None) -> float | None:
+    """HM = 2 * base * new / (base + new) (0 when both are 0); None when either is missing."""
+    if base is None or new is None:
+        return None
+    return 2.0 * base * new / (base + new) if base + new else 0.0
+
+
+def _derives_hm(runs: Sequence[Run]) -> bool:
+    return all(any(run.metric(name) is not None for run in runs) for name in (BASE_METRIC, NEW_METRIC))
+
+
+def _reported(runs: Sequence[Run], name: str) -> bool:
+    return any(run.metric(name) is not None for run in runs) or (name == HM_METRIC and _derives_hm(runs))
+
+
 def default_metrics(runs: Sequence[Run]) -> list[str]:
-    """test/val top-1 (or test mAP/AP50 for detection), trainable params and train time: those some run has."""
-    return [name for name in DEFAULT_METRICS if any(run.metric(name) is not None for run in runs)]
+    """test/val top-1 (or test mAP/AP50 for detection), trainable params and train time: those some run has; with
+    new-class accuracies (base-to-novel), new_top1 and their harmonic mean hm_top1 beside test_top1."""
+    return [name for name in DEFAULT_METRICS if _reported(runs, name)]
 
 
 def accuracy_metric(runs: Sequence[Run], preferred: Sequence[str] = ()) -> str | None:
@@ -71,7 +90,7 @@ def accuracy_metric(runs: Sequence[Run], preferred: Sequence[str] = ()) -> str |
 
 
 def _check_metrics(runs: Sequence[Run], metrics: Sequence[str]) -> None:
-    missing = [name for name in metrics if all(run.metric(name) is None for run in runs)]
+    missing = [name for name in metrics if not _reported(runs, name)]
     if missing:
         raise ConfigError(f"no run reports a number for {', '.join(missing)}; numeric results keys: "
                           f"{', '.join(numeric_results_keys(runs))}")
@@ -136,6 +155,11 @@ def summarise(runs: Sequence[Run], metrics: Sequence[str] | None = None,
         members = sorted(members, key=lambda run: _sort_key((run.seed,)))
         stats = {name: Stat.of([v for v in (run.metric(name) for run in members) if v is not None])
                  for name in metrics}
+        if HM_METRIC in stats and stats[HM_METRIC].n == 0:  # from the means, as CoCoOp's tables; no std
+            base, new = (Stat.of([v for v in (run.metric(m) for run in members) if v is not None])
+                         for m in (BASE_METRIC, NEW_METRIC))
+            hm = harmonic_mean(base.mean, new.mean)
+            stats[HM_METRIC] = Stat(hm, None, min(base.n, new.n)) if hm is not None else Stat(None, None, 0)
         row = Row(group={key: members[0].setting(key) for key in group_by}, stats=stats, runs=members)
         if len({run.method for run in members}) == 1:
             row.paper, row.paper_source = next(

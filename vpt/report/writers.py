@@ -41,7 +41,7 @@ def _setting_text(value: Any) -> str:
 def _decimals(rows: Sequence[Row], metric: str) -> int:
     """0 for counts (results.json holds integers, e.g. parameters), else 2."""
     values = [run.results.get(metric) for row in rows for run in row.runs if run.metric(metric) is not None]
-    return 0 if all(isinstance(value, int) for value in values) else 2
+    return 0 if values and all(isinstance(value, int) for value in values) else 2  # none: derived (hm_top1)
 
 
 def _number(value: float | None, decimals: int) -> str:

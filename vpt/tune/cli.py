@@ -6,6 +6,8 @@ tested) for any experiment. ``tune.*`` arguments set the tuning; every other arg
     vpt-tune experiment=vtab/cifar100 hydra/launcher=slurm hydra.launcher.partition=gpu # one Slurm job per run
     vpt-tune data.val_fraction=0.2 tune.grid=tiny tune.seeds=3                           # the digits quickstart
     vpt-tune prompt=deep tune.grid=prompt_shape                                          # prompt length x depth
+    vpt-tune experiment=coop/oxford_pets data.root=/data/oxford_pets            # CoOp's shots x seeds (its tune:)
+    vpt-tune experiment=base2new_maple data.root=/data/oxford_pets              # base-to-novel: base, new, HM
 
 Run the same command again after an interruption: finished runs are reused, unfinished ones resume.
 """
@@ -31,7 +33,10 @@ OPTION_HELP = {
     "metric": "the stage-1 score in results.json (default: the config's optimized_metric, val_top1)",
     "search_seed": "the seed of the stage-1 runs (default: the config's seed)",
     "final_on_trainval": "stage 2 trains on train+val (default: true; false: VPT's FGVC protocol)",
-    "search": "false: skip stage 1 and train the grid's single point with every seed (default: true)",
+    "eval_new": "base-to-novel: score each final run's prompt file on the new classes too (vpt-eval into <run>/new; "
+                "the table adds new_top1 and hm_top1; default: false)",
+    "search": ("false: skip stage 1 and train every grid point with every seed, e.g. tune.grid=coop_fewshot "
+               "(default: true)"),
 }
 
 

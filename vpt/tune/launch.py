@@ -153,3 +153,26 @@ def _job_error(job: Any) -> BaseException | None:
     except Exception as error:  # noqa: BLE001 - whatever the job raised is reported, not handled
         return error
     return None
+
+
+NEW_CLASSES_FOLDER = "new"  # vpt.report reads <run dir>/new/results.json as the run's new_top1
+
+
+def evaluate_new_classes(run: TrainRun) -> None:
+    """Base-to-novel: ``vpt-eval`` of the run's ``best`` prompt file on the new classes (the data settings it was
+    trained with, ``data.subsample_classes=new``) into ``<run dir>/new``; kept when that finished before."""
+    out = run.dir / NEW_CLASSES_FOLDER
+    if (out / RESULTS_FILE).is_file():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    executable = str(Path(sys.executable).with_name("vpt-eval"))
+    executable = executable if Path(executable).exists() else "vpt-eval"
+    command = [executable, f"prompt_file={run.dir / 'best'}", "data.subsample_classes=new", "splits=[test]",
+               f"hydra.run.dir={out}", "trainer.progress_bar=false"]
+    print(f"  evaluating {run.label} on the new classes  (log: {out / 'vpt-eval.log'})", flush=True)
+    with open(out / "vpt-eval.log", "ab") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0 or not (out / RESULTS_FILE).is_file():
+        raise TuneRunError(f"vpt-eval of {run.label} on the new classes stopped (exit {code}) without results; "
+                           f"its log {out / 'vpt-eval.log'}:\n{_tail(out / 'vpt-eval.log')}")
+

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import ConfigError
 from . import grid as grids
 from .grid import Grid, Point
-from .launch import HYDRA_LOCK, HydraLauncherRunner, SubprocessRunner, TrainRun
+from .launch import HYDRA_LOCK, HydraLauncherRunner, SubprocessRunner, TrainRun, evaluate_new_classes
 from ..files import file_sha256
 from .records import (REUSE, is_launch_setting, override_key, prepare_run_dir, read_results,
                       run_record, weights_file)
@@ -30,14 +30,15 @@ from .summary import write_reports
 
 STAGE_DATA_KEY = "data.train_on_trainval"
 DEFAULTS: dict[str, Any] = {"grid": "vpt", "seeds": 5, "max_extend": 2, "jobs": 1, "out": None, "metric": None,
-                            "search_seed": None, "final_on_trainval": True, "search": True}
+                            "search_seed": None, "final_on_trainval": True, "search": True, "eval_new": False}
 
 
 @dataclass
 class TuneSettings:
     """How to tune. ``seeds``: a count (0..N-1) or a list. ``metric``/``search_seed`` default to the config's
     ``optimized_metric`` / ``seed``. ``final_on_trainval=false`` keeps val out of stage 2 (VPT's FGVC protocol).
-    ``search=false`` skips stage 1 and trains the grid's single point."""
+    ``search=false`` skips stage 1 and trains every grid point with every seed: the grid's single point, or a sweep
+    such as CoOp's shots (configs/tune/coop_fewshot.yaml), one table row per point."""
 
     grid: Grid
     seeds: list[int]
@@ -48,6 +49,7 @@ class TuneSettings:
     jobs: int = 1
     final_on_trainval: bool = True
     search: bool = True
+    eval_new: bool = False  # base-to-novel: each final run's prompt file also scored on the new classes
 
     @classmethod
     def resolve(cls, options: Mapping[str, Any], train: "TrainInfo") -> "TuneSettings":
@@ -67,7 +69,8 @@ class TuneSettings:
         search_seed = train.seed if merged["search_seed"] is None else int(merged["search_seed"])
         return cls(grid=grid, seeds=[int(s) for s in seeds], out=out.resolve(), metric=merged["metric"] or train.metric,
                    search_seed=search_seed, max_extend=int(merged["max_extend"]), jobs=int(merged["jobs"]),
-                   final_on_trainval=_flag(merged["final_on_trainval"]), search=_flag(merged["search"]))
+                   final_on_trainval=_flag(merged["final_on_trainval"]), search=_flag(merged["search"]),
+                   eval_new=_flag(merged["eval_new"]))
 
 
 def _flag(value: Any) -> bool:
@@ -116,14 +119,14 @@ class TuneResult:
     grid: Grid
     metric: str
     scores: dict[Point, float | None]
-    pick: Point
+    pick: Point | None  # None: tune.search=false over several points (each one trained, none picked)
     search_runs: list[TrainRun]
     final_runs: list[TrainRun]
     rows: list = field(default_factory=list)  # vpt.report rows of the final table
 
     @property
-    def pick_settings(self) -> dict[str, Any]:
-        return self.grid.as_dict(self.pick)
+    def pick_settings(self) -> dict[str, Any] | None:
+        return self.grid.as_dict(self.pick) if self.pick is not None else None
 
     @property
     def final_results(self) -> list[dict[str, Any]]:
@@ -151,9 +154,11 @@ def make_runner(launch_args: Sequence[str], settings: TuneSettings):
 class Protocol:
     """One tuning: the two stages over ``task_args`` with ``settings``, runs through ``runner``."""
 
-    def __init__(self, task_args: Sequence[str], settings: TuneSettings, runner, weights_sha256: str | None) -> None:
+    def __init__(self, task_args: Sequence[str], settings: TuneSettings, runner, weights_sha256: str | None,
+                 evaluate_new=evaluate_new_classes) -> None:
         self.task_args, self.settings, self.runner = list(task_args), settings, runner
         self.weights_sha256 = weights_sha256
+        self.evaluate_new = evaluate_new  # tune.eval_new: run -> <run dir>/new/results.json
 
     def stage_run(self, stage: str, point: Point, seed: int, on_trainval: bool) -> TrainRun:
         grid = self.settings.grid
@@ -205,14 +210,17 @@ class Protocol:
             for key in grids.at_edge(settings.grid, scores):
                 print(f"warning: the pick's {key} is still at the edge of the searched range; raise "
                       "tune.max_extend to look further", flush=True)
-        else:
+        else:  # no stage 1: every grid point with every seed (one point: that setting; several: a sweep, e.g. shots)
             points = settings.grid.points()
-            if len(points) != 1:
-                raise ConfigError(f"tune.search=false trains one setting, but grid {settings.grid.name!r} has "
-                                  f"{len(points)}; give a grid with one value per key")
-            scores, search_runs, pick = {}, [], points[0]
-        final_runs = [self.stage_run("final", pick, seed, settings.final_on_trainval) for seed in settings.seeds]
+            scores, search_runs, pick = {}, [], points[0] if len(points) == 1 else None
+        trained = [pick] if pick is not None else settings.grid.points()
+        final_runs = [self.stage_run("final", point, seed, settings.final_on_trainval)
+                      for point in trained for seed in settings.seeds]
         self.execute(final_runs, "final")
+        if settings.eval_new:
+            for run in final_runs:
+                if (run.results or {}).get("status", "completed") == "completed":
+                    self.evaluate_new(run)
         result = TuneResult(settings.out, settings.grid, settings.metric, scores, pick, search_runs, final_runs)
         write_reports(result)
         return result

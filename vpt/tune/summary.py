@@ -35,7 +35,8 @@ def summary_of(result: "TuneResult") -> dict[str, Any]:
                     "run_dir": by_point[point].label if point in by_point else None}
                    for point, score in result.scores.items()],
         "pick": result.pick_settings,
-        "pick_is_best_of_search": bool(result.scores) and best_point(result.grid, result.scores) == result.pick,
+        "pick_is_best_of_search": (bool(result.scores) and result.pick is not None
+                                   and best_point(result.grid, result.scores) == result.pick),
         "pick_at_edge": at_edge(result.grid, result.scores) if result.scores else [],
         "final": [{"seed": run.seed, "run_dir": run.label, **_scalars(run.results)} for run in result.final_runs],
         "test_top1_mean": statistics.fmean(tests) if tests else None,
@@ -71,6 +72,11 @@ def write_reports(result: "TuneResult") -> None:
     if result.search_runs:
         _report(result.search_runs, result.out / SEARCH_FOLDER, keys, [result.metric], plots=True)
     result.rows = _report(result.final_runs, result.out, keys, None, plots=False)
-    picked = ", ".join(f"{key}={value}" for key, value in result.pick_settings.items())
-    print(f"\npick: {picked}  ({len(result.final_runs)} seeds)\n" + to_markdown(result.rows), flush=True)
+    if result.pick_settings is None:
+        seeds = len(result.final_runs) // max(1, len(result.grid.points()))
+        head = f"\n{len(result.final_runs)} runs: every {', '.join(keys)} x {seeds} seeds (no search)"
+    else:
+        picked = ", ".join(f"{key}={value}" for key, value in result.pick_settings.items())
+        head = f"\npick: {picked}  ({len(result.final_runs)} seeds)"
+    print(head + "\n" + to_markdown(result.rows), flush=True)
     print(f"wrote {result.out / 'table.md'} and {result.out / TUNE_FILE}", flush=True)
