@@ -90,3 +90,11 @@ def test_a_method_that_tunes_the_backbone_is_refused_by_the_bank(tiny_vit_factor
     model = vpt.PromptedModel(vit, prompt="bias", num_classes=3)
     with pytest.raises(vpt.ConfigError, match="tunes backbone weights"):
         vpt.PromptBank(vit).add_task("bitfit", model)
+
+
+@pytest.mark.parametrize("method", ["deep", "lora", "kv_prompts", "mlp"])
+@pytest.mark.parametrize("dropout", [1.0, -0.1, "often", True])
+def test_a_dropout_outside_0_1_is_one_message(method, dropout):
+    with pytest.raises(vpt.ConfigError, match=r"prompt\.dropout must be in \[0, 1\)"):
+        vpt.PromptConfig(method, dropout=dropout)
+    assert vpt.PromptConfig(method, dropout=0.25).dropout == 0.25

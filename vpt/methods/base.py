@@ -136,3 +136,13 @@ def method_names(kind: str | None = None) -> tuple[str, ...]:
 def require_int(value: Any, field: str, minimum: int = 0) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"prompt.{field} must be an integer >= {minimum}, got {value!r}")
+
+
+def require_fraction(value: Any, field: str) -> None:
+    """A probability such as a dropout rate: a number in [0, 1)."""
+    try:
+        ok = not isinstance(value, bool) and 0.0 <= float(value) < 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"prompt.{field} must be in [0, 1), got {value!r}")

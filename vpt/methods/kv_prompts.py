@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, register_method, require_int
+from .base import Method, register_method, require_fraction, require_int
 
 
 @dataclass
@@ -65,8 +65,7 @@ class KVPrompts(Method):
 
     def validate(self, cfg) -> None:
         require_int(cfg.length, "length", minimum=1)
-        if not 0.0 <= float(cfg.dropout) < 1.0:
-            raise ConfigError(f"prompt.dropout must be in [0, 1), got {cfg.dropout!r}")
+        require_fraction(cfg.dropout, "dropout")
 
     def attach(self, model) -> None:
         from timm.layers.attention import Attention

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .adapters import timm_blocks
-from .base import Method, register_method, require_int
+from .base import Method, register_method, require_fraction, require_int
 
 #: option name → linear inside a timm ViT block
 TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
@@ -37,8 +37,7 @@ class LoraTuning(Method):
         bad = [t for t in cfg.targets if t not in TARGETS]
         if bad or not cfg.targets:
             raise ConfigError(f"prompt.targets={cfg.targets!r}: choose one or more of {sorted(TARGETS)}")
-        if not 0.0 <= float(cfg.dropout) < 1.0:
-            raise ConfigError(f"prompt.dropout must be in [0, 1), got {cfg.dropout!r}")
+        require_fraction(cfg.dropout, "dropout")
 
     def lora_config(self, cfg, num_blocks: int):
         from peft import LoraConfig

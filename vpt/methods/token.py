@@ -6,7 +6,7 @@ from typing import Sequence
 
 from ..errors import ConfigError
 from ..prompts import TokenPrompts
-from .base import Method, register_method, require_int
+from .base import Method, register_method, require_fraction, require_int
 
 
 @dataclass
@@ -42,8 +42,7 @@ class TokenPromptMethod(Method):
     def validate(self, cfg) -> None:
         require_int(cfg.length, "length")
         require_int(cfg.project_dim, "project_dim")
-        if not 0.0 <= float(cfg.dropout) < 1.0:
-            raise ConfigError(f"prompt.dropout must be in [0, 1), got {cfg.dropout!r}")
+        require_fraction(cfg.dropout, "dropout")
         if cfg.init not in ("xavier", "patch"):
             raise ConfigError(f"prompt.init must be 'xavier' or 'patch', got {cfg.init!r}")
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, register_method, require_int
+from .base import Method, register_method, require_fraction, require_int
 
 
 @dataclass
@@ -77,8 +77,7 @@ class MlpProbe(Method):
 
     def validate(self, cfg) -> None:
         require_int(cfg.k, "k", minimum=1)
-        if not 0.0 <= float(cfg.dropout) < 1.0:
-            raise ConfigError(f"prompt.dropout must be in [0, 1), got {cfg.dropout!r}")
+        require_fraction(cfg.dropout, "dropout")
 
     def build_head(self, cfg, in_features, num_classes):
         return MlpHead(in_features, num_classes, cfg.k, float(cfg.dropout))
