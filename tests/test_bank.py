@@ -6,6 +6,16 @@ import vpt
 from vpt import PromptBank, PromptConfig, PromptedModel
 
 
+def assert_rows_equal_each_task_alone(logits, tasks, names, x):
+    """Row i of the bank's mixed batch equals task names[i] run alone on x[i]; the other tasks' classes are -inf."""
+    for i, name in enumerate(names):
+        with torch.no_grad():
+            alone = tasks[name](x[i:i + 1])[0]
+        c = alone.shape[0]
+        torch.testing.assert_close(logits[i, :c], alone, rtol=0, atol=1e-5)
+        assert torch.isinf(logits[i, c:]).all()
+
+
 def _task(vit, method, classes, **kw):
     model = PromptedModel(vit, PromptConfig(method, **kw), num_classes=classes)
     with torch.no_grad():
@@ -32,12 +42,7 @@ def test_mixed_batch_equals_each_task_alone(tmp_path, tiny_vit_factory):
     x = torch.randn(len(names), 3, 32, 32)
     logits = bank(x, names)
     assert logits.shape == (len(names), 7)
-    for i, name in enumerate(names):
-        with torch.no_grad():
-            alone = tasks[name](x[i:i + 1])[0]
-        c = alone.shape[0]
-        torch.testing.assert_close(logits[i, :c], alone, rtol=0, atol=1e-5)
-        assert torch.isinf(logits[i, c:]).all()
+    assert_rows_equal_each_task_alone(logits, tasks, names, x)
 
 
 def test_tasks_added_and_removed_at_run_time(tiny_vit_factory):
@@ -111,12 +116,7 @@ def test_bank_serves_clip_prompt_tasks_with_vpt_and_pixel_tasks(tmp_path):
     logits = bank(x, names)
     assert not calls  # no text tower run per batch
     hook.remove()
-    for i, name in enumerate(names):
-        with torch.no_grad():
-            alone = tasks[name](x[i:i + 1])[0]
-        c = alone.shape[0]
-        torch.testing.assert_close(logits[i, :c], alone, rtol=0, atol=1e-5)
-        assert torch.isinf(logits[i, c:]).all()
+    assert_rows_equal_each_task_alone(logits, tasks, names, x)
     assert bank.class_names("coop_things") == ["airplane", "car", "ship", "truck", "bird"]
 
 
