@@ -262,12 +262,12 @@ def convert_file(key: str, source_path: str | os.PathLike, out_path: str | os.Pa
     source_path, out_path = Path(source_path), Path(out_path)
     state = source.convert(source_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(out_path.name + f".{os.getpid()}.partial")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(partial), metadata={"vpt_source": source.key})
-    os.replace(partial, out_path)  # a crash never leaves a half-written cache file
+    # vpt's one atomic writer: a crash never leaves a half-written cache file
+    files.atomic_write(out_path, lambda temporary: save_file({k: v.contiguous() for k, v in state.items()},
+                                                             str(temporary), metadata={"vpt_source": source.key}))
     digest = files.file_sha256(out_path)
-    out_path.with_name(out_path.name + ".sha256").write_text(f"{digest}  {out_path.name}\n")
-    out_path.with_name(out_path.name + ".json").write_text(json.dumps(
+    files.atomic_write(out_path.with_name(out_path.name + ".sha256"), f"{digest}  {out_path.name}\n")
+    files.atomic_write(out_path.with_name(out_path.name + ".json"), json.dumps(
         {"key": source.key, "arch": source.arch, "source_file": source_path.name,
          "source_sha256": files.file_sha256(source_path), "sha256": digest, "tensors": len(state)}, indent=1) + "\n")
     return out_path
