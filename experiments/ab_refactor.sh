@@ -6,7 +6,7 @@ ARGS="--backbone vit_small_patch16_224 --img-size 224 --batch-size 8 --precision
 PY=$PWD/.venv/bin/python  # the old code runs from its own folder, so `import vpt` finds it first
 OUT_DIR=$(mkdir -p "${OUT_DIR:-/tmp/ab}" && cd "${OUT_DIR:-/tmp/ab}" && pwd)
 for round in 1 2; do
-  (cd "$OLD" && "$PY" -m vpt.bench $ARGS --out $OUT_DIR/old_$round.json > $OUT_DIR/old_$round.txt 2>&1)
-  "$PY" -m vpt.bench $ARGS --out $OUT_DIR/new_$round.json > $OUT_DIR/new_$round.txt 2>&1
+  (cd "$OLD" && "$PY" -m vpt.tools.bench $ARGS --out $OUT_DIR/old_$round.json > $OUT_DIR/old_$round.txt 2>&1)
+  "$PY" -m vpt.tools.bench $ARGS --out $OUT_DIR/new_$round.json > $OUT_DIR/new_$round.txt 2>&1
 done
 

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/results/bench_cpu.json}
 PYTHON=${PYTHON:-.venv/bin/python}
-"$PYTHON" -m vpt.bench \
+"$PYTHON" -m vpt.tools.bench \
   --backbone vit_small_patch16_224 --img-size 224 --batch-size 32 \
   --precision fp32 --yardstick-precision auto --device cpu \
   --methods linear,shallow,deep,pad,full --prompt-length 50 --pad-size 30 --tasks 8 \

@@ -2,7 +2,7 @@
 
 1. Pretrain a small ViT from scratch on 5 source classes (full training): `vpt-train experiment=cifar10_pretrain`.
 2. Freeze it and adapt it to the 5 disjoint target classes with 1,000 training images (VTAB-1k style) by
-   linear probe, VPT-shallow, VPT-deep, pixel padding and full fine-tuning, each with `vpt-tune` (vpt.tune): the
+   linear probe, VPT-shallow, VPT-deep, pixel padding and full fine-tuning, each with `vpt-tune` (vpt.tools.tune): the
    method's learning rate is picked from a small grid on seed 0 (train on 800 images, score on the other 200);
    while the best value sits at an edge of what was searched, the grid grows one step past that edge (at most
    --max-extend times). Then every seed trains on all 1,000 with the chosen rate (3 seeds each):
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from vpt.files import atomic_write
-from vpt.tune import Grid, SubprocessRunner, TuneResult, train_once, tune
+from vpt.tools.tune import Grid, SubprocessRunner, TuneResult, train_once, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["linear", "shallow", "deep", "pad", "full"]
@@ -49,7 +49,7 @@ METHOD_OVERRIDES = {
 # base_lr grid per method, searched on seed 0: train on the 800, score on the 200 val images (the VPT protocol).
 # The chosen lr then trains on all 1,000 images for every seed. Prompts want large learning rates (VPT, Bahng et
 # al.), full fine-tuning a small one. --no-lr-search uses the middle value. A best value at the grid's edge
-# means the optimum may lie outside it, so the search then extends the grid (vpt.tune.grid.next_points).
+# means the optimum may lie outside it, so the search then extends the grid (vpt.tools.tune.grid.next_points).
 LR_GRID = {
     "linear": [0.5, 2.0, 8.0],
     "shallow": [0.5, 2.0, 8.0],

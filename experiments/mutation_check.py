@@ -97,7 +97,7 @@ MUTANTS = (
            "self.scheduler = build_scheduler(cfg.optim, self.optimizer, self.steps_per_epoch * ",
            'self.scheduler = build_scheduler(cfg.optim, self.optimizer, len(self.loaders["train"]) * ', (TRAINER_LR,),
            "with trainer.limit_train_batches the cosine never reaches its end"),
-    Mutant("cli_hint_table_emptied", "vpt/cli.py",
+    Mutant("cli_hint_table_emptied", "vpt/tools/cli.py",
            '    WeightsUnavailableError: "on the command line: backbone.pretrained=false or '
            'backbone.pretrained=/path/to/weights",', "",
            ("tests/test_cli.py::test_offline_hub_weights_give_one_clear_message",),
@@ -160,7 +160,7 @@ def test_environment(copy: Path) -> dict[str, str]:
     # start; no .pyc files, so a mutant and its revert within one second never share a stale cache entry
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(copy), os.environ.get("PYTHONPATH")])),
            "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    imported = subprocess.run([sys.executable, "-c", "import vpt.cli; print(vpt.cli.__file__)"], cwd=copy, env=env,
+    imported = subprocess.run([sys.executable, "-c", "import vpt.tools.cli; print(vpt.tools.cli.__file__)"], cwd=copy, env=env,
                               capture_output=True, text=True, check=True).stdout.strip()
     if not Path(imported).resolve().is_relative_to(copy.resolve()):
         raise SystemExit(f"mutation check: the copy's vpt is not the one imported ({imported}); "

@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hydra import compose, initialize_config_module
 
-import vpt.cli
+import vpt.tools.cli
 
-vpt.cli.register_resolvers()  # ${vpt_asset:...} and ${vpt_pixels:...} in the configs
+vpt.tools.cli.register_resolvers()  # ${vpt_asset:...} and ${vpt_pixels:...} in the configs
 from vpt.backbones import create_backbone
 from vpt.engine import to_plain, train
 

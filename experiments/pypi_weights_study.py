@@ -10,7 +10,7 @@ stratified (seed 0), ONE seed, a FIXED learning rate per method (no search on a 
 inputs (EfficientNet-Lite0 at --cnn-size px, ViT-S/14 at --vit-size px, CIFAR's 32 px upsampled), tested on
 --test-per-class images per class of the official test set at the last epoch. Each run is one
 `vpt-train experiment=... backbone=<b> prompt=<m> ...` call (the exact arguments are in summary.json); runs are
-written as they finish and reused when the study is started again (vpt.tune.train_once), so it is resumable.
+written as they finish and reused when the study is started again (vpt.tools.tune.train_once), so it is resumable.
 
     nice -n 10 python experiments/pypi_weights_study.py           # the reduced study (table.md, summary.json)
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vpt.files import atomic_write
-from vpt.tune import SubprocessRunner, train_once
+from vpt.tools.tune import SubprocessRunner, train_once
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"effnet": "efficientnet_lite0_in1k", "vit": "vit_s14_imgfocus"}

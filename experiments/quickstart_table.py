@@ -23,9 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the quickstart needs no network
 
 from hydra import compose, initialize_config_module
 
-import vpt.cli
+import vpt.tools.cli
 
-vpt.cli.register_resolvers()  # ${vpt_asset:...} and ${vpt_pixels:...} in the configs
+vpt.tools.cli.register_resolvers()  # ${vpt_asset:...} and ${vpt_pixels:...} in the configs
 from vpt.config import METHODS
 from vpt.engine import NonFiniteLossError, train
 

@@ -39,13 +39,13 @@ TINY_BENCH_ARGS = ["--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--
 
 @pytest.fixture(scope="session")
 def bench_run(tmp_path_factory):
-    """(stdout, results) of ``python -m vpt.bench`` with :data:`TINY_BENCH_ARGS`; results read from ``--out``."""
+    """(stdout, results) of ``python -m vpt.tools.bench`` with :data:`TINY_BENCH_ARGS`; results read from ``--out``."""
     import json
     import subprocess
     import sys
 
     out = tmp_path_factory.mktemp("bench") / "results.json"
-    cmd = [sys.executable, "-m", "vpt.bench", *TINY_BENCH_ARGS, "--out", str(out)]
+    cmd = [sys.executable, "-m", "vpt.tools.bench", *TINY_BENCH_ARGS, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -133,9 +133,9 @@ def compose_train(overrides=(), config_name: str = "train"):
     """The config ``vpt-train <overrides>`` would run (vpt's resolvers registered first)."""
     from hydra import compose, initialize_config_module
 
-    import vpt.cli
+    import vpt.tools.cli
 
-    vpt.cli.register_resolvers()
+    vpt.tools.cli.register_resolvers()
     with initialize_config_module("vpt.configs", version_base="1.3"):
         return compose(config_name, overrides=list(overrides))
 

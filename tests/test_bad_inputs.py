@@ -24,9 +24,9 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import vpt.cli
+import vpt.tools.cli
 
-vpt.cli.register_resolvers()
+vpt.tools.cli.register_resolvers()
 from conftest import tiny_vit  # noqa: E402
 from vpt import PromptBank, PromptedModel  # noqa: E402
 from vpt.backbones import create_backbone  # noqa: E402

@@ -79,7 +79,7 @@ def test_the_bench_reports_figures_and_judges_no_targets(bench_run):
 
 def test_table_from_a_hand_written_result():
     """Column layout, memory relative to full fine-tuning, a failed method and a skipped comparison."""
-    from vpt.bench import format_table
+    from vpt.tools.bench import format_table
 
     row = {"trainable_params": 1234, "prompt_file_bytes": 5678, "train_img_s": 10.0, "infer_img_s": 20.0,
            "step_forward_ratio": 2.0, "peak_mem_bytes": 100 * 2**20}
@@ -103,7 +103,7 @@ def test_table_from_a_hand_written_result():
 
 def test_prompt_config_asks_the_method_registry():
     """A method registered later gets its setting from its kind (token: length, pixel: size), not from a list."""
-    from vpt.bench import prompt_config
+    from vpt.tools.bench import prompt_config
     from vpt.methods import Method, register_method, unregister_method
 
     spec = {"prompt_length": 7, "pad_size": 3}
@@ -120,7 +120,7 @@ def test_prompt_config_asks_the_method_registry():
 
 
 def test_unknown_method_stops_before_any_measurement(tmp_path):
-    from vpt.bench import run
+    from vpt.tools.bench import run
     from vpt.methods import method_names
 
     with pytest.raises(SystemExit, match=r"unknown method\(s\) \['nope'\]; valid: ") as err:
@@ -136,7 +136,7 @@ def test_no_grad_flops_of_every_method_equal_the_grad_mode_count():
     import torch
 
     import vpt
-    from vpt.bench import flops_per_image, parameters_frozen
+    from vpt.tools.bench import flops_per_image, parameters_frozen
     from conftest import tiny_vit
 
     for method in ("linear", "shallow", "deep", "pad", "bias", "full"):
@@ -158,7 +158,7 @@ def test_no_grad_flops_of_every_method_equal_the_grad_mode_count():
 def test_parameters_frozen_restores_the_flags_after_an_error():
     import torch
 
-    from vpt.bench import parameters_frozen
+    from vpt.tools.bench import parameters_frozen
 
     layer = torch.nn.Linear(2, 2)
     layer.bias.requires_grad_(False)
@@ -172,7 +172,7 @@ def test_pipeline_dataset_from_an_imagefolder(tmp_path):
     import torch
     from test_data import make_imagefolder
 
-    from vpt.bench import pipeline_dataset
+    from vpt.tools.bench import pipeline_dataset
 
     root = make_imagefolder(tmp_path / "folder", per_class={"train": 4, "test": 1})
     config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
@@ -186,7 +186,7 @@ def test_plain_yardstick_is_vpt_deep():
     import torch
 
     import vpt
-    from vpt.bench import PlainTimmVPT
+    from vpt.tools.bench import PlainTimmVPT
 
     model = vpt.PromptedModel(vpt.create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, pretrained=False),
                               "deep", num_classes=10, length=5).eval()
@@ -199,7 +199,7 @@ def test_plain_yardstick_is_vpt_deep():
 
 
 def test_missing_pipeline_data_stops_before_any_measurement(tmp_path):
-    from vpt.bench import run
+    from vpt.tools.bench import run
 
     with pytest.raises(SystemExit, match="is not a folder; pass an ImageFolder"):
         run(["--pipeline-images", "4", "--pipeline-data", str(tmp_path / "missing"), "--out", str(tmp_path / "r.json")])
@@ -224,7 +224,7 @@ def _bench(tmp_path, *args):
     import sys
 
     out = tmp_path / "results.json"
-    cmd = [sys.executable, "-m", "vpt.bench", *args, "--img-size", "32", "--batch-size", "4", "--warmup", "1",
+    cmd = [sys.executable, "-m", "vpt.tools.bench", *args, "--img-size", "32", "--batch-size", "4", "--warmup", "1",
            "--steps", "2", "--num-classes", "5", "--tasks", "0", "--no-yardstick", "--threads", "1", "--timeout", "120",
            "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})

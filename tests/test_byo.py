@@ -10,9 +10,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import Dataset
 
 import vpt
-import vpt.cli
+import vpt.tools.cli
 
-vpt.cli.register_resolvers()
+vpt.tools.cli.register_resolvers()
 from vpt.data import build_data  # noqa: E402
 from vpt.engine import build_backbone, train  # noqa: E402
 from vpt.errors import ConfigError  # noqa: E402

@@ -326,14 +326,14 @@ def test_quickstart_trains_a_step_through_vpt_train(method, tmp_path, monkeypatc
     import json
     import sys
 
-    import vpt.cli
+    import vpt.tools.cli
 
     run = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", [
         "vpt-train", "experiment=coop_quickstart", f"prompt={method}", "logger=none", "trainer.epochs=1",
         "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1", "trainer.batch_size=4",
         "trainer.eval_batch_size=8", "trainer.progress_bar=false", "trainer.cpu_threads=1", f"hydra.run.dir={run}"])
-    vpt.cli.train_main()
+    vpt.tools.cli.train_main()
     results = json.loads((run / "results.json").read_text())
     assert results["method"] == method and results["status"] == "completed"
     assert results["prompt_params"] == results["trainable_params"] > 0

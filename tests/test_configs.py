@@ -11,13 +11,13 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import vpt.cli
+import vpt.tools.cli
 
-vpt.cli.register_resolvers()  # ${vpt_asset:...} and ${vpt_pixels:...} in the configs
+vpt.tools.cli.register_resolvers()  # ${vpt_asset:...} and ${vpt_pixels:...} in the configs
 from vpt.config import METHODS, PromptConfig
 from vpt.engine import train
 
-CONFIG_DIR = Path(vpt.cli.__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(vpt.tools.cli.__file__).resolve().parent.parent / "configs"
 if not CONFIG_DIR.is_dir():  # installed non-editable: configs ship as the vpt.configs package
     import vpt.configs
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from vpt.cli import quiet_plugin_loggers
+from vpt.tools.cli import quiet_plugin_loggers
 from vpt.engine.console import PlainProgress, progress_bar, progress_mode
 from vpt.errors import ConfigError
-from vpt.sweep import sweep_size
+from vpt.engine.sweep import sweep_size
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -113,8 +113,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_vpt_bench_imports_only_main_dependencies():
-    bench = ROOT / "vpt" / "bench"
-    files = sorted(bench.rglob("*.py")) if bench.is_dir() else [ROOT / "vpt" / "bench.py"]
+    files = sorted((ROOT / "vpt" / "tools" / "bench").rglob("*.py"))
+    assert files
     modules = set().union(*(_imported_modules(f) for f in files)) - set(sys.stdlib_module_names) - {"vpt"}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {requirement.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].split("!")[0]

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from PIL import Image
 
-import vpt.cli
+import vpt.tools.cli
 import vpt.errors
 from vpt.data import build_data
 from vpt.engine import train
@@ -32,7 +32,7 @@ IMAGE = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "inte
 
 
 def compose_preset(*overrides):
-    vpt.cli.register_resolvers()
+    vpt.tools.cli.register_resolvers()
     with initialize_config_module("vpt.configs", version_base="1.3"):
         return compose("train", overrides=["output_dir=/tmp/x", *overrides])
 

@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_module
 from safetensors.torch import load_file
 
-import vpt.cli
+import vpt.tools.cli
 from vpt.data.datasets import CachedImageDataset
 from vpt.data.loaders import DeviceBatchLoader, shard_weights, sharded_batch_count, take_shard
 from vpt.engine import distributed
@@ -57,7 +57,7 @@ def read_run(run_dir):
 
 
 def compose_run(run_dir):
-    vpt.cli.register_resolvers()
+    vpt.tools.cli.register_resolvers()
     with initialize_config_module("vpt.configs", version_base="1.3"):
         return compose("train", overrides=[*ARGS, f"output_dir={run_dir}"])
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import vpt.cli
+import vpt.tools.cli
 from vpt.engine import (NonFiniteLossError, Trainer, build_optimizer, build_scheduler, derive_seed, evaluate, train)
 from vpt.errors import VptError
 from vpt.files import load_state, save_state
@@ -219,7 +219,7 @@ def test_non_finite_loss_stops_keeps_last_good_checkpoint(tmp_path, compose_conf
     assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "last" / "prompt.safetensors").values())
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "failed" and "epoch 2" in results["error"]
-    with pytest.raises(SystemExit) as exit_info, vpt.cli.exit_on_user_error("vpt-train"):
+    with pytest.raises(SystemExit) as exit_info, vpt.tools.cli.exit_on_user_error("vpt-train"):
         raise NonFiniteLossError("loss became nan")
     assert exit_info.value.code == 2 and issubclass(NonFiniteLossError, VptError)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vpt.tune import TrainRun, TuneResult, best_point, search
+from vpt.tools.tune import TrainRun, TuneResult, best_point, search
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "experiments" / "results" / "cifar10_transfer"

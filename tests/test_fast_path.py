@@ -44,7 +44,7 @@ def test_last_block_skips_the_patch_rows_for_every_method(method):
     than the whole block (the equality with the whole block is checked above)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vpt.bench import parameters_frozen  # the FLOP counter needs it for a no-grad forward (see its docstring)
+    from vpt.tools.bench import parameters_frozen  # the FLOP counter needs it for a no-grad forward (see its docstring)
 
     model = vpt.PromptedModel(tiny_vit(), vpt.PromptConfig(method=method, length=4, size=4), num_classes=7).eval()
     flops = {}

@@ -16,10 +16,10 @@ from vpt.loggers import RUN_ID_FILE, WandbLogger, WandbTracker, read_hydra_run_i
 TRACKER_APP = textwrap.dedent("""
     import hydra
     from pathlib import Path
-    import vpt.cli
+    import vpt.tools.cli
     from vpt.engine import build_tracker
 
-    vpt.cli.register_resolvers()
+    vpt.tools.cli.register_resolvers()
 
     @hydra.main(version_base="1.3", config_path="pkg://vpt.configs", config_name="train")
     def main(cfg):

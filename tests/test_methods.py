@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import vpt
-import vpt.cli
+import vpt.tools.cli
 from vpt.methods import Method, get_method, method_names, register_method, unregister_method
 
 
@@ -65,7 +65,7 @@ def test_a_registered_method_trains_through_vpt_train(toy_method, tmp_path, monk
         "vpt-train", f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "prompt=toy_colour_shift", "logger=none",
         "trainer.epochs=2", "trainer.progress_bar=false", "trainer.cpu_threads=1", "data.train_size=64",
         f"hydra.run.dir={run}"])
-    vpt.cli.train_main()
+    vpt.tools.cli.train_main()
     results = json.loads((run / "results.json").read_text())
     assert results["method"] == "toy_colour_shift" and results["status"] == "completed"
     # trainable: the 3 channel offsets + the 5-class head on the digits ViT's 64-wide feature
@@ -74,7 +74,7 @@ def test_a_registered_method_trains_through_vpt_train(toy_method, tmp_path, monk
     assert shift.abs().sum() > 0  # it was trained (it starts at zero)
 
     # the prompt file rebuilds the model through the registry, and a bank serves the task
-    backbone = vpt.create_backbone("vit_tiny_patch16_224", pretrained=vpt.cli.asset_path("digits_vit.safetensors"),
+    backbone = vpt.create_backbone("vit_tiny_patch16_224", pretrained=vpt.tools.cli.asset_path("digits_vit.safetensors"),
                                    image_size=16, patch_size=4, embed_dim=64, depth=6, num_heads=4,
                                    pretrained_cfg_overlay={"mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0})
     model = vpt.PromptedModel.from_prompt_file(run / "last", backbone=backbone).eval()

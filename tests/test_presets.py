@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from PIL import Image
 
-import vpt.cli
+import vpt.tools.cli
 from vpt.engine import train
-from vpt.report import collect_runs, summarise, to_markdown
+from vpt.tools.report import collect_runs, summarise, to_markdown
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 VTAB = sorted(p.stem for p in (EXPERIMENTS / "vtab").glob("*.yaml") if not p.stem.startswith("_"))
@@ -26,7 +26,7 @@ ONE_STEP = ["backbone=digits_vit", "trainer.epochs=1", "trainer.limit_train_batc
 
 
 def compose_preset(*overrides):
-    vpt.cli.register_resolvers()
+    vpt.tools.cli.register_resolvers()
     with initialize_config_module("vpt.configs", version_base="1.3"):
         return compose("train", overrides=list(overrides))
 

@@ -124,10 +124,10 @@ def test_eval_data_settings_follow_the_recorded_run_unless_another_dataset_is_ch
     (digits_source for a digits_target file: both named digits) is scored as configured, data.KEY changes one."""
     from hydra import compose, initialize_config_module
 
-    import vpt.cli
+    import vpt.tools.cli
     from vpt.engine.evaluation import eval_data_settings
 
-    vpt.cli.register_resolvers()
+    vpt.tools.cli.register_resolvers()
     recorded = {"name": "digits", "classes": [5, 6, 7, 8, 9], "train_size": 64, "val_fraction": 0.1}
     manifest = {"data": recorded, "data_seed": 3, "data_choice": "digits_target"}
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import vpt.cli
+import vpt.tools.cli
 
-vpt.cli.register_resolvers()
+vpt.tools.cli.register_resolvers()
 from vpt.data import Preprocess  # noqa: E402
 from vpt.data.recipes import build_mixup, mix_batch, timm_train_transform  # noqa: E402
 from vpt.engine import build_optimizer, build_scheduler, train  # noqa: E402

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import vpt
-import vpt.cli
+import vpt.tools.cli
 from vpt.backbones import adapter_classes, register_adapter, wrap_model
 from vpt.backbones.base import ADAPTERS
 from vpt.backbones.timm_vit import TimmViTAdapter
@@ -86,7 +86,7 @@ def test_a_task_from_the_test_file_is_found_and_trains(tmp_path, monkeypatch):
         "vpt-train", "+task._target_=test_registry.CountingTask", "prompt=linear", "logger=none", "trainer.epochs=1",
         "trainer.progress_bar=false", "trainer.cpu_threads=1", "data.train_size=32", f"hydra.run.dir={run}"])
     CountingTask.built = 0
-    vpt.cli.train_main()
+    vpt.tools.cli.train_main()
     assert CountingTask.built == 1
     assert json.loads((run / "results.json").read_text())["task"] == "test_registry.CountingTask"
 

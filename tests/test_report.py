@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from vpt.errors import ConfigError
-from vpt.report import (NoResultsError, collect_runs, default_metrics, harmonic_mean, main, summarise, to_json,
+from vpt.tools.report import (NoResultsError, collect_runs, default_metrics, harmonic_mean, main, summarise, to_json,
                         to_markdown, varying_keys, write_plots, write_tables)
 
 # test_top1 per (method, prompt length) for seeds 0, 1, 2, and the mean / sample std worked out by hand.

@@ -4,11 +4,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-import vpt.cli
+import vpt.tools.cli
 
 
 def compose_sweep(overrides):
-    vpt.cli.register_resolvers()
+    vpt.tools.cli.register_resolvers()
     with initialize_config_module("vpt.configs", version_base="1.3"):
         return compose(config_name="train", overrides=overrides, return_hydra_config=True)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from vpt.report import collect_runs
-from vpt.report.cli import main as report_main
-from vpt.report.suites import suite_means
+from vpt.tools.report import collect_runs
+from vpt.tools.report.cli import main as report_main
+from vpt.tools.report.suites import suite_means
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 

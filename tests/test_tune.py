@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from vpt.errors import ConfigError
-from vpt.tune import (Grid, Protocol, SubprocessRunner, TrainRun, TuneRunError, TuneSettings, best_point, load_grid,
+from vpt.tools.tune import (Grid, Protocol, SubprocessRunner, TrainRun, TuneRunError, TuneSettings, best_point, load_grid,
                       next_points, run_record, search)
-from vpt.tune.cli import parse_args
-from vpt.tune.protocol import TrainInfo, task_overrides
-from vpt.tune.records import REUSE, RESUME, START, prepare_run_dir
+from vpt.tools.tune.cli import parse_args
+from vpt.tools.tune.protocol import TrainInfo, task_overrides
+from vpt.tools.tune.records import REUSE, RESUME, START, prepare_run_dir
 
 LR, WD = "optim.base_lr", "optim.optimizer.weight_decay"
 
@@ -217,7 +217,7 @@ def test_eval_new_scores_each_final_run_on_the_new_classes_and_reports_the_hm(tm
 
 
 def compose_train_tune_block():
-    from vpt.tune.protocol import read_train_config
+    from vpt.tools.tune.protocol import read_train_config
 
     return read_train_config(["experiment=base2new_maple", "output_dir=/tmp/x"]).tune_block
 
@@ -329,7 +329,7 @@ def test_a_run_without_results_stops_the_tuning_with_its_log(tmp_path, fake_vpt_
 def test_slurm_launcher_gets_one_job_per_run_in_the_tune_dir(tmp_path, slurm_submissions):
     """Through hydra/launcher=slurm (submitit stopped at submission, as in test_slurm.py): every run of the batch
     becomes one array job whose overrides place it in <tune dir>/<run label> and resume it there."""
-    from vpt.tune import HydraLauncherRunner
+    from vpt.tools.tune import HydraLauncherRunner
 
     out = tmp_path / "tune"
     runs = [TrainRun(f"search/lr{lr}", out / "search" / f"lr{lr}", ["prompt=deep", f"{LR}={lr}"]) for lr in (1, 2)]
@@ -344,7 +344,7 @@ def test_slurm_launcher_gets_one_job_per_run_in_the_tune_dir(tmp_path, slurm_sub
 
 
 def test_vpt_tune_help_and_a_bad_option(capsys):
-    from vpt.tune import main
+    from vpt.tools.tune import main
 
     main(["--help"])
     assert "tune.grid=" in capsys.readouterr().out
@@ -398,7 +398,7 @@ def test_vpt_tune_resumes_after_kill_9_without_redoing_finished_runs(tmp_path):
 
 @pytest.mark.slow
 def test_runs_of_a_stage_go_through_the_joblib_launcher(tmp_path, monkeypatch):
-    from vpt.tune import tune
+    from vpt.tools.tune import tune
 
     monkeypatch.chdir(tmp_path)
     train = [arg for arg in TINY if not arg.startswith(("tune.", "hydra/"))]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import vpt
-import vpt.cli
+import vpt.tools.cli
 from vpt.backbones.base import BackboneAdapter
 from vpt.methods import get_method
 from vpt.methods.adapters import ssf_points
@@ -250,7 +250,7 @@ def test_each_method_trains_a_step_through_vpt_train(method, tmp_path, monkeypat
         "vpt-train", f"prompt={method}", "logger=none", "trainer.epochs=1", "trainer.progress_bar=false",
         "trainer.cpu_threads=1", "data.train_size=16", f"hydra.run.dir={run}",
         *[f"prompt.{k}={v}" for k, v in SMALL_IMAGES.get(method, {}).items()]])
-    vpt.cli.train_main()
+    vpt.tools.cli.train_main()
     results = json.loads((run / "results.json").read_text())
     assert results["method"] == method and results["status"] == "completed"
     manifest, tensors = vpt.read_prompt_file(run / "last")

@@ -5,7 +5,7 @@ Prompts come from a *prompt source*: an object with ``at(layer, tokens, prompt_l
 ``replaces_all(layer)`` (True if every sample gets fresh prompts at ``layer``, so the previous layer's prompt
 outputs are never read) and ``attn_bias(layer, num_tokens, prompt_length)`` (an additive attention bias for the
 ``num_tokens`` rows entering the block, of which ``prompt_length`` are prompts, or None).
-:class:`vpt.prompts.TokenPrompts` is one; the bank builds one per mixed-task batch.
+:class:`vpt.methods.token_prompts.TokenPrompts` is one; the bank builds one per mixed-task batch.
 """
 from __future__ import annotations
 

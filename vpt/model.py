@@ -13,7 +13,7 @@ from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
 from .heads import LinearHead, ZeroShotHead, zero_shot_head_for
 from .prompt_file import check_backbone, read_prompt_file, save_prompt
-from .prompts import TokenPrompts
+from .methods.token_prompts import TokenPrompts
 
 
 def _as_prompt_config(prompt: PromptConfig | str | dict | None, overrides: dict[str, Any]) -> PromptConfig:

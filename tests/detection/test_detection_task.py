@@ -7,10 +7,10 @@ import torch
 from hydra import compose, initialize_config_module
 
 import vpt
-import vpt.cli
+import vpt.tools.cli
 from vpt.engine import evaluate_prompt_file, train
 
-vpt.cli.register_resolvers()
+vpt.tools.cli.register_resolvers()
 TINY = ["logger=none", "trainer.progress_bar=false", "trainer.cpu_threads=1", "trainer.epochs=1",
         "trainer.limit_train_batches=2", "trainer.batch_size=4", "trainer.eval_batch_size=8"]
 SHAPES = ["data.train_size=8", "data.val_size=4", "data.test_size=8"]

@@ -28,7 +28,7 @@ from ..backbones.portable import portable_config_yaml
 from ..errors import ConfigError, VptError
 from ..files import RunLock, atomic_write, check_run_dir, update_latest_link
 from ..loggers import RunFiles, Tracker
-from ..sweep import in_multirun, run_position
+from .sweep import in_multirun, run_position
 from ..tasks import limited, task_from_config
 from . import checkpoints, distributed
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config

@@ -1,6 +1,6 @@
 """CLIP prompt learning on a frozen open_clip CLIP: CoOp, CoCoOp (Zhou et al., 2022), MaPLe, IVLP (Khattak et al., 2023).
 
-The learned tensors live in a :class:`~vpt.prompts.clip.CLIPPromptHead` (the model's head), built from the class
+The learned tensors live in a :class:`~vpt.methods.clip_prompts.CLIPPromptHead` (the model's head), built from the class
 names on the backbone's own text tower. Defaults follow the official configs (ViT-B/16 trainable counts):
 
 - ``coop``: 16 context tokens, random N(0, 0.02) init, shared or class-specific (``csc``), class token at the end,
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..prompts.clip import POSITIONS, ClipPromptOptions
+from .clip_prompts import POSITIONS, ClipPromptOptions
 from .base import Method, register_method, require_int
 
 CLIP_FIX = ("use a CLIP backbone with its text tower: backbone=clip_vit_b16 or clip_vit_b32 on the command line, "
@@ -100,7 +100,7 @@ class ClipPromptMethod(Method):
             coupled=self.coupled, meta_net=self.meta_net, init_words_limit=self.init_words_limit)
 
     def build_named_head(self, cfg, backbone, class_names, num_classes):
-        from ..prompts.clip import CLIPPromptHead
+        from .clip_prompts import CLIPPromptHead
 
         if getattr(backbone, "clip_model", None) is None or getattr(backbone, "tokenizer", None) is None:
             raise ConfigError(f"prompt={self.name} learns CLIP text prompts, but backbone {backbone.name} has no CLIP "

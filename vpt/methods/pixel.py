@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..prompts import FixedPatchPrompt, PadPrompt, RandomPatchPrompt
+from .pixel_prompts import FixedPatchPrompt, PadPrompt, RandomPatchPrompt
 from .base import Method, register_method, require_int
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ConfigError
-from ..prompts import TokenPrompts
+from .token_prompts import TokenPrompts
 from .base import Method, register_method, require_fraction, require_int
 
 

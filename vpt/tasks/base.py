@@ -16,7 +16,7 @@ from ..registry import Registry
 
 #: tasks by name; the built-in ones register on the first lookup, a dotted ``module.Class`` name imports a user's
 #: task class (``task.name=my_pkg.my_tasks.MyTask`` or ``task._target_=...``)
-TASKS: Registry["Task"] = Registry("task", builtins=("vpt.tasks.classification", "vpt.tasks.detection"),
+TASKS: Registry["Task"] = Registry("task", builtins=("vpt.tasks.classification", "vpt.detection.task"),
                                    instantiate=True)
 
 

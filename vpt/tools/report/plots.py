@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .runs import Run, varying_keys
 from .table import COST_METRICS, Row, accuracy_metric, summarise
 

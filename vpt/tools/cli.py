@@ -20,9 +20,9 @@ from importlib import resources
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .backbones.portable import RecordedWeightsNotFoundError
-from .errors import ConfigError, TargetWeightsUnavailableError, VptError, WeightsUnavailableError
-from .sweep import in_multirun
+from ..backbones.portable import RecordedWeightsNotFoundError
+from ..errors import ConfigError, TargetWeightsUnavailableError, VptError, WeightsUnavailableError
+from ..engine.sweep import in_multirun
 
 CONFIG_PATH = "pkg://vpt.configs"  # the packaged configs/, so the commands work from any directory
 USER_ERROR_EXIT_CODE = 2
@@ -88,7 +88,7 @@ def exit_on_user_error(program: str):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _train(cfg: DictConfig) -> float | None:
-    from .engine import train  # imported here so config errors report without loading torch
+    from ..engine import train  # imported here so config errors report without loading torch
 
     with exit_on_user_error("vpt-train"):
         if _search_scores_on_trained_val(cfg):
@@ -101,7 +101,7 @@ def _train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def _eval(cfg: DictConfig) -> float | None:
-    from .engine import evaluate_prompt_file
+    from ..engine import evaluate_prompt_file
 
     with exit_on_user_error("vpt-eval"):
         results = evaluate_prompt_file(cfg)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 Point = tuple  # one value per grid key, in the grid's key order
 Scores = dict  # Point -> float, or None for a run that failed (e.g. a diverged lr)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import PromptConfig
 from ..errors import ConfigError
 from ..model import PromptedModel
-from .base import Task, limited, register_task
+from ..tasks.base import Task, limited, register_task
 
 DRAWN_IMAGES = 4  # images drawn per evaluated split
 
@@ -55,7 +55,7 @@ class DetectionLoader:
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, device, seed: int,
                  shard: tuple[int, int] | None = None) -> None:
         from ..data.loaders import ShardedBatchSampler, shard_weights
-        from ..detection import collate_detection
+        from . import collate_detection
         from ..engine.runtime import derive_seed
 
         self.options = (dataset, batch_size, shuffle, num_workers, device, seed)
@@ -156,12 +156,12 @@ class DetectionTask(Task):
         torch.manual_seed(int(cfg.seed))
         encoder = PromptedModel(backbone, prompt, num_classes=0, class_names=None)
         size = cfg.data.get("image_size") or encoder.input_size[1]
-        from ..detection.prompt_files import DetectorModel
+        from .prompt_files import DetectorModel
 
         return DetectorModel.build(encoder, data.class_names, detector_config(task, int(size)))
 
     def load_prompt_file(self, path, pretrained: Any = None):
-        from ..detection.prompt_files import DetectorModel
+        from .prompt_files import DetectorModel
 
         return DetectorModel.from_prompt_file(path, pretrained=pretrained or None)
 
@@ -182,7 +182,7 @@ class DetectionTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, loader, data, autocast, limit, split, run_dir):
-        from ..detection import coco_evaluate, draw_predictions, predictions_to_coco, write_predictions
+        from . import coco_evaluate, draw_predictions, predictions_to_coco, write_predictions
 
         dataset = getattr(data, split)
         was_training = model.training

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..files import atomic_write_json
+from ...files import atomic_write_json
 
 RUN_RECORD = "tune_run.json"
 RESULTS_FILE = "results.json"

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..errors import ConfigError, VptError
+from ...errors import ConfigError, VptError
 from .grid import grid_names
 from .protocol import DEFAULTS, tune
 

@@ -27,9 +27,9 @@ processes stealing the CPU); the raw per-step times are in the JSON.
 Example (the issue's CPU run): ``vpt-bench --backbone vit_small_patch16_224 --img-size 224 --batch-size 32
 --precision fp32 --device cpu --warmup 2 --steps 3 --out results.json``
 
-Modules: :mod:`~vpt.bench.runtime` (device, precision, clocks, memory probes), :mod:`~vpt.bench.models` (what
-is run and its FLOPs), :mod:`~vpt.bench.workers` (the measurements, one process each), :mod:`~vpt.bench.report`
-(the table), :mod:`~vpt.bench.cli` (arguments and the run). The benchmark reports figures; the project's
+Modules: :mod:`~vpt.tools.bench.runtime` (device, precision, clocks, memory probes), :mod:`~vpt.tools.bench.models` (what
+is run and its FLOPs), :mod:`~vpt.tools.bench.workers` (the measurements, one process each), :mod:`~vpt.tools.bench.report`
+(the table), :mod:`~vpt.tools.bench.cli` (arguments and the run). The benchmark reports figures; the project's
 pass/fail targets are judged by ``experiments/bench_targets.py`` from the JSON.
 """
 from .cli import DEFAULT_METHODS, build_parser, main, measure, run, spec_from_args

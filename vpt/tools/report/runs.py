@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import ConfigError
-from ..loggers import write_atomic, write_json
+from ...errors import ConfigError
+from ...loggers import write_atomic, write_json
 from .table import Row
 
 FORMATS = {"md": "table.md", "csv": "table.csv", "json": "table.json"}

@@ -1,10 +1,10 @@
 """The research loop as one command: ``vpt-tune`` runs the VPT tuning protocol for any experiment.
 
-    from vpt.tune import tune
+    from vpt.tools.tune import tune
     result = tune(["experiment=vtab/cifar100", "prompt=deep"], grid="vpt", seeds=5, jobs=2)
-    result.pick_settings, result.scores, result.final_results, result.rows   # rows: vpt.report's table
+    result.pick_settings, result.scores, result.final_results, result.rows   # rows: vpt.tools.report's table
 
-See :mod:`vpt.tune.protocol` for the stages and the files written, :mod:`vpt.tune.grid` for grid files.
+See :mod:`vpt.tools.tune.protocol` for the stages and the files written, :mod:`vpt.tools.tune.grid` for grid files.
 """
 from .cli import main
 from .grid import Grid, at_edge, best_point, grid_names, load_grid, next_points, search

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError, VptError
+from ...errors import ConfigError, VptError
 from .plots import write_plots
 from .runs import collect_runs
 from .suites import means_markdown, suite_means

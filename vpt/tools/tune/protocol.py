@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from . import grid as grids
 from .grid import Grid, Point
 from .launch import HYDRA_LOCK, HydraLauncherRunner, SubprocessRunner, TrainRun, evaluate_new_classes
-from ..files import file_sha256
+from ...files import file_sha256
 from .records import (REUSE, is_launch_setting, override_key, prepare_run_dir, read_results,
                       run_record, weights_file)
 from .summary import write_reports
@@ -122,7 +122,7 @@ class TuneResult:
     pick: Point | None  # None: tune.search=false over several points (each one trained, none picked)
     search_runs: list[TrainRun]
     final_runs: list[TrainRun]
-    rows: list = field(default_factory=list)  # vpt.report rows of the final table
+    rows: list = field(default_factory=list)  # vpt.tools.report rows of the final table
 
     @property
     def pick_settings(self) -> dict[str, Any] | None:

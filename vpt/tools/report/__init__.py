@@ -1,6 +1,6 @@
 """Tables and plots of finished ``vpt-train`` runs (the ``vpt-report`` command and its Python API).
 
-    from vpt.report import collect_runs, summarise, to_markdown, write_plots, write_tables
+    from vpt.tools.report import collect_runs, summarise, to_markdown, write_plots, write_tables
     runs = collect_runs(["outputs/multirun/2026-01-01_12-00-00"])   # completed runs; runs.skipped: the rest
     rows = summarise(runs)                     # grouped by the config keys that vary; mean ± std over seeds
     print(to_markdown(rows))

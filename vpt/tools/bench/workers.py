@@ -24,7 +24,7 @@ def _prepare(spec: dict[str, Any]) -> None:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     if spec["device"] == "cpu" and spec.get("cpu_allocator", "retain") == "retain":
-        from ..cpu import retain_freed_memory
+        from ...cpu import retain_freed_memory
 
         retain_freed_memory()
 
@@ -164,9 +164,9 @@ def worker_multitask(spec: dict[str, Any]) -> dict[str, Any]:
 def pipeline_dataset(spec: dict[str, Any], data_config: dict[str, Any]):
     """The in-memory training set of the pipeline row: an ImageFolder (``--pipeline-data``, decoded once into
     the uint8 cache) or random uint8 images at the backbone's input size (same cost: nothing depends on pixels)."""
-    from ..data import build_data
-    from ..data.datasets import CachedImageDataset
-    from ..data.preprocess import Preprocess
+    from ...data import build_data
+    from ...data.datasets import CachedImageDataset
+    from ...data.preprocess import Preprocess
 
     count = spec["pipeline_images"]
     if spec.get("pipeline_data"):
@@ -187,7 +187,7 @@ def worker_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     device, and per batch one index_select, crop + flip augmentation and normalisation, batched on the device
     (:class:`vpt.data.loaders.DeviceBatchLoader`). Both contenders alternate step by step in one process.
     """
-    from ..data.loaders import DeviceBatchLoader
+    from ...data.loaders import DeviceBatchLoader
 
     _prepare(spec)
     device, precision, bs = spec["device"], spec["precision"], spec["batch_size"]
@@ -222,7 +222,7 @@ WORKERS = {"method": worker_method, "yardstick": worker_yardstick, "multitask": 
 def run_worker(kind: str, spec: dict[str, Any], timeout: float | None = None, start: str = "spawn") -> dict[str, Any]:
     """Run one worker in its own process and return its result (or an ``error`` entry).
 
-    ``spawn``: a fresh interpreter (``python -m vpt.bench --worker ...``), nothing shared with this process.
+    ``spawn``: a fresh interpreter (``python -m vpt.tools.bench --worker ...``), nothing shared with this process.
     ``fork``: a forked child of this process, which has imported torch but run no tensor op, so the child
     starts its own thread pool; it saves the ~5-15 s interpreter + torch import per worker. Either way each
     worker has its own address space, so the peak RSS of one method is not polluted by another's.
@@ -268,7 +268,7 @@ def _run_forked(kind: str, spec: dict[str, Any], timeout: float | None) -> dict[
 
 
 def _run_spawned(kind: str, spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "vpt.bench", "--worker", kind, "--spec", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "vpt.tools.bench", "--worker", kind, "--spec", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

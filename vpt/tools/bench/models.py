@@ -48,7 +48,7 @@ def build_backbone(spec: dict[str, Any]):
 
 def prompt_config(spec: dict[str, Any], method: str) -> dict[str, Any]:
     """The prompt settings of ``method``: a token length for token methods, a pixel size for pixel methods."""
-    from vpt.methods import get_method
+    from ...methods import get_method
 
     kind = get_method(method).kind
     cfg: dict[str, Any] = {"method": method}
@@ -63,7 +63,7 @@ def prompt_config(spec: dict[str, Any], method: str) -> dict[str, Any]:
 
 ALEXNET_MIN_SIZE = 63
 
-#: what each CLIP prompt method's text tower costs per forward (the row says it; see vpt/prompts/clip.py)
+#: what each CLIP prompt method's text tower costs per forward (the row says it; see vpt/methods/clip_prompts.py)
 TEXT_TOWER = {"coop": "once per class set (n_cls sequences), not per image",
               "maple": "once per class set (n_cls sequences), not per image",
               "ivlp": "once per class set (n_cls sequences), not per image",
@@ -77,7 +77,7 @@ def bench_class_names(num_classes: int) -> list[str]:
 
 def build_model(spec: dict[str, Any], method: str, backbone=None):
     import vpt
-    from vpt.methods import get_method
+    from ...methods import get_method
 
     backbone = backbone if backbone is not None else build_backbone(spec)
     cfg = prompt_config(spec, method)

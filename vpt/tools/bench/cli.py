@@ -103,7 +103,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
         results = measure(spec, methods, args.workers, args.timeout, yardstick=not args.no_yardstick)
         print(format_table(results))
     if args.out:
-        from ..loggers import write_atomic
+        from ...loggers import write_atomic
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(args.out), json.dumps(results, indent=2))
@@ -113,7 +113,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 def spec_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """The settings every worker receives, and the methods to measure; bad input stops here, before any run."""
-    from ..methods import method_names
+    from ...methods import method_names
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ConfigError, VptError
+from ...errors import ConfigError, VptError
 from .records import RESULTS_FILE
 
 CONFIG_MODULE = "vpt.configs"
@@ -97,7 +97,7 @@ class SubprocessRunner:
 def train_job(cfg) -> dict[str, Any]:
     """The task function the Hydra launcher runs for each job (in this process, a worker or a Slurm node)."""
     from ..cli import register_resolvers
-    from ..engine import train
+    from ...engine import train
 
     register_resolvers()  # a fresh worker process has none
     return train(cfg)
@@ -155,7 +155,7 @@ def _job_error(job: Any) -> BaseException | None:
     return None
 
 
-NEW_CLASSES_FOLDER = "new"  # vpt.report reads <run dir>/new/results.json as the run's new_top1
+NEW_CLASSES_FOLDER = "new"  # vpt.tools.report reads <run dir>/new/results.json as the run's new_top1
 
 
 def evaluate_new_classes(run: TrainRun) -> None:

@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .runs import Run, as_number, comparable, varying_keys
 
 # Default metrics, each kept when some run reports it: classification, then detection, then cost.

@@ -6,8 +6,8 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import ConfigError
-from ..files import atomic_write_json
+from ...errors import ConfigError
+from ...files import atomic_write_json
 from .grid import at_edge, best_point
 
 if TYPE_CHECKING:
