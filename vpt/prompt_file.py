@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .errors import PromptFileError
 from .files import atomic_save_safetensors, atomic_write_json
+from .version import __version__
 
 WEIGHTS_NAME = "prompt.safetensors"
 MANIFEST_NAME = "prompt.json"
