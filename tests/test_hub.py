@@ -49,7 +49,7 @@ def logits(model, images):
 def test_save_pretrained_round_trip_gives_identical_logits(trained, images, tmp_path):
     directory = hub.save_pretrained(trained, tmp_path / "prompt", results=RESULTS)
     assert {p.name for p in directory.iterdir()} == HUB_FILES
-    loaded = hub.from_pretrained(str(directory), backbone=tiny_backbone())
+    loaded = vpt.PromptedModel.from_pretrained(str(directory), backbone=tiny_backbone())
     assert torch.equal(logits(loaded, images), logits(trained, images))
     assert loaded.class_names == ["a", "b", "c"] and loaded.prompt_config.length == 4
     fresh = vpt.PromptedModel(tiny_backbone(), prompt="deep", length=4, num_classes=3)
@@ -123,7 +123,7 @@ def test_repo_id_is_fetched_with_snapshot_download(trained, images, tmp_path, mo
         return str(directory)
 
     monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
-    loaded = vpt.hub.from_pretrained("someone/vpt-deep", backbone=tiny_backbone(), revision="v1")
+    loaded = vpt.PromptedModel.from_pretrained("someone/vpt-deep", backbone=tiny_backbone(), revision="v1")
     assert torch.equal(logits(loaded, images), logits(trained, images))
     assert len(calls) == 1 and calls[0]["repo_id"] == "someone/vpt-deep" and calls[0]["revision"] == "v1"
     assert set(calls[0]["allow_patterns"]) == HUB_FILES
@@ -133,12 +133,12 @@ def test_repo_without_prompt_files_is_named(tmp_path, monkeypatch):
     (tmp_path / "README.md").write_text("# not a prompt\n")
     monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, **kwargs: str(tmp_path))
     with pytest.raises(PromptFileError, match="'someone/other-model' holds no prompt.safetensors"):
-        hub.from_pretrained("someone/other-model")
+        vpt.PromptedModel.from_pretrained("someone/other-model")
 
 
 def test_offline_hub_miss_is_one_clear_error(tmp_path):
     with pytest.raises(WeightsUnavailableError) as caught:
-        hub.from_pretrained("someone/not-cached", cache_dir=tmp_path / "empty-cache")
+        vpt.PromptedModel.from_pretrained("someone/not-cached", cache_dir=tmp_path / "empty-cache")
     message = str(caught.value)
     assert "'someone/not-cached'" in message and "HF_HUB_OFFLINE" in message
     assert "pass its path" in message and "prompt.safetensors" in message
@@ -154,16 +154,16 @@ def test_download_failure_names_repo_and_local_alternative(monkeypatch):
     monkeypatch.setattr(vpt.online, "_reachability", {hub.constants.ENDPOINT: True})  # the endpoint answered the probe
     with pytest.raises(WeightsUnavailableError, match=r"could not download 'someone/vpt-deep' .*Network is unreachable"
                                                       r".*pass its path"):
-        hub.from_pretrained("someone/vpt-deep")
+        vpt.PromptedModel.from_pretrained("someone/vpt-deep")
 
 
 def test_missing_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "snapshot_download", lambda *a, **k: pytest.fail("a path must not reach the hub"))
     with pytest.raises(PromptFileError, match="no prompt directory .*missing/best"):
-        hub.from_pretrained(str(tmp_path / "missing" / "best"))
+        vpt.PromptedModel.from_pretrained(str(tmp_path / "missing" / "best"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PromptFileError, match="no prompt directory"):
-        hub.from_pretrained("./best")
+        vpt.PromptedModel.from_pretrained("./best")
 
 
 class FakeHfApi:

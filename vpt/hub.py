@@ -1,8 +1,12 @@
-"""Prompt files on the Hugging Face Hub, PEFT-style: ``save_pretrained``, ``from_pretrained``, ``push_to_hub``.
+"""Prompt files on the Hugging Face Hub, PEFT-style: ``save_pretrained``, ``push_to_hub``, ``resolve_prompt_dir``.
 
 A Hub prompt repo is a prompt file directory (``prompt.safetensors`` + ``prompt.json``, see
 :mod:`vpt.prompt_file`) plus a generated model card ``README.md``. Everything goes through huggingface_hub's
 own API (``snapshot_download``, ``HfApi``, ``ModelCard``); nothing here speaks HTTP itself.
+
+This module deals in files only (write a prompt directory and its card, upload it, download one); it never builds a
+model, so it does not import :mod:`vpt.model`: ``PromptedModel.from_pretrained`` resolves the directory here and then
+loads it itself.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, snapshot
 from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, RepositoryNotFoundError,
                                     RevisionNotFoundError)
 
+from .config import PromptConfig
 from .errors import PromptFileError, VptError, WeightsUnavailableError
 from .loggers import write_atomic
 from .prompt_file import MANIFEST_NAME, WEIGHTS_NAME, save_prompt
@@ -163,8 +168,6 @@ CARD_OMITTED_FIELDS = {"method", "train_head"}
 
 def _relevant_prompt_fields(prompt: Mapping[str, Any]) -> dict[str, Any]:
     """The prompt settings this method uses (its own options: a pad prompt has no token length)."""
-    from .config import PromptConfig
-
     fields = PromptConfig.from_dict(dict(prompt)).to_dict().items()
     return {key: value for key, value in fields if key not in CARD_OMITTED_FIELDS}
 
@@ -223,19 +226,6 @@ def resolve_prompt_dir(repo_or_dir: str | os.PathLike, revision: str | None = No
         raise PromptFileError(f"the Hub repo {repo_id!r} holds no {WEIGHTS_NAME} + {MANIFEST_NAME}: it is not a vpt "
                               "prompt repo (make one with vpt.hub.push_to_hub)")
     return local
-
-
-def from_pretrained(repo_or_dir: str | os.PathLike, backbone=None, revision: str | None = None, *,
-                    token: str | None = None, cache_dir: str | os.PathLike | None = None, **load_kwargs: Any):
-    """Build a PromptedModel from a prompt directory or a Hub repo id (``owner/name``).
-
-    ``backbone``: as for ``PromptedModel.from_prompt_file`` (None: the backbone recorded in the manifest);
-    ``load_kwargs`` (``pretrained=``, ``head=``) go to :meth:`vpt.PromptedModel.from_prompt_file`.
-    """
-    directory = resolve_prompt_dir(repo_or_dir, revision=revision, token=token, cache_dir=cache_dir)
-    from .model import PromptedModel  # here: the model module imports this one for its thin methods
-
-    return PromptedModel.from_prompt_file(directory, backbone=backbone, **load_kwargs)
 
 
 # ---- pushing ------------------------------------------------------------------------------------------------------

@@ -308,6 +308,7 @@ class PromptedModel(nn.Module):
         if manifest.get("class_names") and not class_names_given:
             self.class_names = manifest["class_names"]
 
+    # vpt.hub is imported where used: it loads huggingface_hub (half a second), which only these methods need
     def save_pretrained(self, save_directory, results=None, **extra: Any):
         """PEFT-style: the prompt file plus a model card (README.md) in ``save_directory`` (see :mod:`vpt.hub`)."""
         from .hub import save_pretrained
@@ -321,11 +322,16 @@ class PromptedModel(nn.Module):
         return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, repo_or_dir, backbone=None, revision: str | None = None, **kwargs: Any) -> "PromptedModel":
-        """Load a prompt file from a local directory or a Hub repo id (see :func:`vpt.hub.from_pretrained`)."""
-        from .hub import from_pretrained
+    def from_pretrained(cls, repo_or_dir, backbone=None, revision: str | None = None, *, token: str | None = None,
+                        cache_dir=None, **load_kwargs: Any) -> "PromptedModel":
+        """Build the model from a prompt directory or a Hub repo id (``owner/name``), downloaded or from the cache.
 
-        return from_pretrained(repo_or_dir, backbone=backbone, revision=revision, **kwargs)
+        ``backbone``: as for :meth:`from_prompt_file` (None: the backbone recorded in the manifest); ``load_kwargs``
+        (``pretrained=``, ``head=``, ``class_names=``) go to :meth:`from_prompt_file`."""
+        from .hub import resolve_prompt_dir
+
+        directory = resolve_prompt_dir(repo_or_dir, revision=revision, token=token, cache_dir=cache_dir)
+        return cls.from_prompt_file(directory, backbone=backbone, **load_kwargs)
 
     @classmethod
     def from_prompt_file(cls, path, backbone: str | nn.Module | BackboneAdapter | None = None, pretrained: Any = None,
