@@ -27,10 +27,11 @@ processes stealing the CPU); the raw per-step times are in the JSON.
 Example (the issue's CPU run): ``vpt-bench --backbone vit_small_patch16_224 --img-size 224 --batch-size 32
 --precision fp32 --device cpu --warmup 2 --steps 3 --out results.json``
 
-Modules: :mod:`~vpt.tools.bench.runtime` (device, precision, clocks, memory probes), :mod:`~vpt.tools.bench.models` (what
-is run and its FLOPs), :mod:`~vpt.tools.bench.workers` (the measurements, one process each), :mod:`~vpt.tools.bench.report`
-(the table), :mod:`~vpt.tools.bench.cli` (arguments and the run). The benchmark reports figures; the project's
-pass/fail targets are judged by ``experiments/bench_targets.py`` from the JSON.
+Modules: :mod:`~vpt.tools.bench.runtime` (device, precision, clocks, memory probes, a worker's setup and
+timing), :mod:`~vpt.tools.bench.models` (what is run and its FLOPs), :mod:`~vpt.tools.bench.workers` (the
+measurements, one process each), :mod:`~vpt.tools.bench.report` (the table), :mod:`~vpt.tools.bench.cli`
+(arguments and the run). The benchmark reports figures; the project's pass/fail targets are judged by
+``experiments/bench_targets.py`` from the JSON.
 """
 from .cli import DEFAULT_METHODS, build_parser, main, measure, run, spec_from_args
 from .models import PlainTimmVPT, build_model, count_flops, flops_per_image, parameters_frozen, prompt_config

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .runtime import autocast, median
+from .runtime import autocast, median, prepare_worker, time_with_peak_memory
 
 DETECTION_METHODS = ("linear", "deep", "full")
 
@@ -43,9 +43,7 @@ def build_detector(spec: dict[str, Any], method: str):
 
 def worker_detection(spec: dict[str, Any]) -> dict[str, Any]:
     """One method's detection row: train step (loss dict summed, backward, SGD step) and eval forward."""
-    from .workers import _prepare, _time_with_peak_memory
-
-    _prepare(spec)
+    prepare_worker(spec)
     device, precision, method = spec["device"], spec["precision"], spec["method"]
     model = build_detector(spec, method).to(device)
     images, targets = detection_batch(spec, device)
@@ -64,7 +62,7 @@ def worker_detection(spec: dict[str, Any]) -> dict[str, Any]:
         with torch.no_grad(), autocast(device, precision):
             model(images)
 
-    times, memory = _time_with_peak_memory({"train": train, "forward": infer}, spec, device)
+    times, memory = time_with_peak_memory({"train": train, "forward": infer}, spec, device)
     bs, train_t, fwd_t = spec["batch_size"], median(times["train"]), median(times["forward"])
     summary = model.param_summary()
     return {"method": method, "trainable_params": summary["trainable"], "total_params": summary["total"], **memory,

@@ -1,8 +1,10 @@
 """Where and how the benchmark runs: device, precision, autocast, the machine's description, GPU peak TFLOP/s,
-and the clocks and memory probes the measurements read."""
+the clocks and memory probes the measurements read, and what every worker process does first and how it
+times its contenders (shared by the classification and detection workers)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import statistics
@@ -174,3 +176,43 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_bytes())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what every worker does (classification and detection alike)
+# ---------------------------------------------------------------------------------------------------------
+def prepare_worker(spec: dict[str, Any]) -> None:
+    """A worker process's first step, before it builds anything: seed, thread count, CPU allocator."""
+    torch.manual_seed(spec.get("seed", 0))
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    if spec["device"] == "cpu" and spec.get("cpu_allocator", "retain") == "retain":
+        from ...cpu import retain_freed_memory
+
+        retain_freed_memory()
+
+
+def time_with_peak_memory(contenders, spec: dict[str, Any], device: str) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Alternating per-call times plus the peak memory above the allocation / RSS just before the first call.
+    CUDA: ``max_memory_allocated``; CPU: peak RSS polled by a thread, cross-checked with ``getrusage``."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_alloc = torch.cuda.memory_allocated()
+        monitor = contextlib.nullcontext()
+    else:
+        base_rss, base_ru = rss_bytes(), ru_maxrss_bytes()
+        monitor = PeakRSS()
+    with monitor:
+        times = time_alternating(contenders, spec, device)  # synchronises on CUDA
+    if device == "cuda":
+        peak_total = torch.cuda.max_memory_allocated()
+        return times, dict(peak_mem_bytes=peak_total - base_alloc, peak_mem_total_bytes=peak_total,
+                           baseline_mem_bytes=base_alloc, memory_kind="cuda max_memory_allocated")
+    ru_peak = ru_maxrss_bytes()
+    peak = monitor.peak
+    if ru_peak > base_ru:  # the process high-water mark rose during the steps: a peak the poller may have missed
+        peak = max(peak, ru_peak)
+    return times, dict(peak_mem_bytes=peak - base_rss, peak_mem_total_bytes=peak, baseline_mem_bytes=base_rss,
+                       memory_kind="peak RSS above pre-step baseline")

@@ -2,8 +2,6 @@
 row, the yardstick, the multi-task bank and the data pipeline; and how a worker process is started."""
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import subprocess
 import sys
@@ -16,43 +14,7 @@ import torch
 from .detection import worker_detection
 from .models import (PlainTimmVPT, build_backbone, build_model, count_flops, forward_fn, make_batch, make_optimizer,
                      prompt_file_bytes, train_on_fn, train_step_fn, TEXT_TOWER)
-from .runtime import PeakRSS, autocast, median, rss_bytes, ru_maxrss_bytes, time_alternating
-
-
-def _prepare(spec: dict[str, Any]) -> None:
-    torch.manual_seed(spec.get("seed", 0))
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    if spec["device"] == "cpu" and spec.get("cpu_allocator", "retain") == "retain":
-        from ...cpu import retain_freed_memory
-
-        retain_freed_memory()
-
-
-def _time_with_peak_memory(contenders, spec: dict[str, Any], device: str) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Alternating per-call times plus the peak memory above the allocation / RSS just before the first call.
-    CUDA: ``max_memory_allocated``; CPU: peak RSS polled by a thread, cross-checked with ``getrusage``."""
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_alloc = torch.cuda.memory_allocated()
-        monitor = contextlib.nullcontext()
-    else:
-        base_rss, base_ru = rss_bytes(), ru_maxrss_bytes()
-        monitor = PeakRSS()
-    with monitor:
-        times = time_alternating(contenders, spec, device)  # synchronises on CUDA
-    if device == "cuda":
-        peak_total = torch.cuda.max_memory_allocated()
-        return times, dict(peak_mem_bytes=peak_total - base_alloc, peak_mem_total_bytes=peak_total,
-                           baseline_mem_bytes=base_alloc, memory_kind="cuda max_memory_allocated")
-    ru_peak = ru_maxrss_bytes()
-    peak = monitor.peak
-    if ru_peak > base_ru:  # the process high-water mark rose during the steps: a peak the poller may have missed
-        peak = max(peak, ru_peak)
-    return times, dict(peak_mem_bytes=peak - base_rss, peak_mem_total_bytes=peak, baseline_mem_bytes=base_rss,
-                       memory_kind="peak RSS above pre-step baseline")
+from .runtime import autocast, median, prepare_worker, time_alternating, time_with_peak_memory
 
 
 def _jsonable(value: Any) -> Any:
@@ -61,7 +23,7 @@ def _jsonable(value: Any) -> Any:
 
 def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
     """One method: train / inference throughput, step/forward ratio, peak memory, parameters, file size."""
-    _prepare(spec)
+    prepare_worker(spec)
     device, precision, method = spec["device"], spec["precision"], spec["method"]
     model = build_model(spec, method).to(device)
     model.train()
@@ -76,7 +38,7 @@ def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
     if method in TEXT_TOWER:
         result["text_tower"] = TEXT_TOWER[method]
     result.update(prompt_file_bytes(model))
-    times, memory = _time_with_peak_memory({"train": step, "forward": forward}, spec, device)
+    times, memory = time_with_peak_memory({"train": step, "forward": forward}, spec, device)
     result.update(memory)
     bs = spec["batch_size"]
     train_t, fwd_t = median(times["train"]), median(times["forward"])
@@ -95,7 +57,7 @@ def worker_method(spec: dict[str, Any]) -> dict[str, Any]:
 
 def worker_yardstick(spec: dict[str, Any]) -> dict[str, Any]:
     """vpt VPT-deep (at the yardstick precision) vs the plain timm implementation (fp32), alternating steps."""
-    _prepare(spec)
+    prepare_worker(spec)
     device, precision = spec["device"], spec["yardstick_precision"]
     model = build_model(spec, "deep").to(device).train()
     vit = model.backbone.model  # the same frozen timm ViT (weights shared, never modified)
@@ -137,7 +99,7 @@ def _bank_of_random_tasks(spec: dict[str, Any], num_tasks: int):
 
 def worker_multitask(spec: dict[str, Any]) -> dict[str, Any]:
     """A batch mixing ``tasks`` VPT-deep tasks vs a single-task batch through one PromptBank (no-grad)."""
-    _prepare(spec)
+    prepare_worker(spec)
     device, precision, num_tasks = spec["device"], spec["precision"], spec["tasks"]
     bank = _bank_of_random_tasks(spec, num_tasks).to(device)
     images, _ = make_batch(spec, device)
@@ -189,7 +151,7 @@ def worker_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     """
     from ...data.loaders import DeviceBatchLoader
 
-    _prepare(spec)
+    prepare_worker(spec)
     device, precision, bs = spec["device"], spec["precision"], spec["batch_size"]
     model = build_model(spec, "deep").to(device).train()
     dataset = pipeline_dataset(spec, model.data_config)
