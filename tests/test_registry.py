@@ -103,3 +103,17 @@ def test_dataset_formats_and_detectors_share_the_registry():
         assert DATASET_BUILDERS.get("toy_format")(None) is None
     finally:
         DATASET_BUILDERS.unregister("toy_format")
+
+
+def test_a_builtin_module_that_fails_to_import_is_its_import_error(tmp_path, monkeypatch):
+    """A broken install (a built-in's dependency missing) reads as that ImportError, not as "unknown widget"."""
+    (tmp_path / "vpt_test_broken_builtin.py").write_text("import a_module_that_does_not_exist_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("widget", builtins=("json", "vpt_test_broken_builtin"))
+    reg.register(1, "known")
+    for _ in range(2):  # the next lookup raises it again
+        with pytest.raises(ModuleNotFoundError, match="a_module_that_does_not_exist_xyz"):
+            reg.get("unknown")
+    with pytest.raises(ModuleNotFoundError, match="a_module_that_does_not_exist_xyz"):
+        reg.names()
+    assert reg.get("known") == 1  # a registered name needs no built-ins

@@ -4,7 +4,8 @@ A :class:`Registry` maps names to objects. Unknown names raise one :class:`~vpt.
 the valid names, with a "did you mean" when one is close. ``priority`` orders :meth:`Registry.values` (highest
 first; equal priorities keep registration order), so that a user's backbone adapter registered with a higher
 priority is asked before the built-in ones. ``builtins`` names modules imported on the first lookup (lazy
-built-ins: a registry can be defined before the modules that fill it). ``get("pkg.module.attr")`` of a dotted name
+built-ins: a registry can be defined before the modules that fill it; one that fails to import raises its
+ImportError, as a broken install should). ``get("pkg.module.attr")`` of a dotted name
 that is not registered imports it, as Hydra's ``_target_``: a user's method or task module needs no registration
 call to be found.
 
@@ -59,12 +60,15 @@ class Registry(Generic[T]):
     # ---- lookup ---------------------------------------------------------------------------
     def _load_builtins(self) -> None:
         if not self._loaded:
-            self._loaded = True
-            for module in self._builtins:
-                try:
+            self._loaded = True  # first: a built-in module that looks a name up while it loads does not recurse
+            try:
+                for module in self._builtins:
                     importlib.import_module(module)
-                except ImportError:  # an optional built-in whose extra dependencies are missing
-                    pass
+            except BaseException:
+                # a built-in that cannot be imported is a broken install: its ImportError, not "unknown name", and
+                # again on the next lookup
+                self._loaded = False
+                raise
 
     def get(self, name: str) -> T:
         if name in self._entries:
