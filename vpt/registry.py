@@ -5,9 +5,8 @@ the valid names, with a "did you mean" when one is close. ``priority`` orders :m
 first; equal priorities keep registration order), so that a user's backbone adapter registered with a higher
 priority is asked before the built-in ones. ``builtins`` names modules imported on the first lookup (lazy
 built-ins: a registry can be defined before the modules that fill it; one that fails to import raises its
-ImportError, as a broken install should). ``get("pkg.module.attr")`` of a dotted name
-that is not registered imports it, as Hydra's ``_target_``: a user's method or task module needs no registration
-call to be found.
+ImportError, as a broken install should). ``get("pkg.module.attr")`` of a dotted name that is not registered
+imports it, as Hydra's ``_target_``: a user's method or task module needs no registration call to be found.
 
 This module imports nothing from vpt but the errors, so every other module can import it without cycles.
 """
