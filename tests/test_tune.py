@@ -96,7 +96,7 @@ def test_packaged_grids_hold_vpts_values():
 
 
 def test_bad_grids_name_the_fix(tmp_path):
-    with pytest.raises(ConfigError, match="valid names: base2new, coop_fewshot, prompt_shape, tiny, vpt, vpt_full"):
+    with pytest.raises(ConfigError, match="valid names: base2new, coop_16shots, coop_fewshot, prompt_shape, tiny, vpt, vpt_full"):
         load_grid("vtp")
     bad = tmp_path / "g.yaml"
     bad.write_text(yaml.safe_dump({"params": {LR: [1.0]}, "extend": [WD]}))
@@ -197,14 +197,15 @@ def test_eval_new_scores_each_final_run_on_the_new_classes_and_reports_the_hm(tm
     <run>/new/results.json (40, 42): HM of the means 2 * 60.5 * 41 / 101.5 = 48.876..."""
     evaluated = []
 
-    def fake_eval(run):
+    def fake_eval(run, folder, overrides):
+        assert (folder, overrides) == ("new", ["data.subsample_classes=new"])
         evaluated.append(run.label)
         (run.dir / "new").mkdir()
         (run.dir / "new" / "results.json").write_text(json.dumps({"test_top1": 40.0 + 2 * run.seed}))
 
     grid = lr_grid([2.0])
     result = Protocol([], settings(tmp_path, grid, seeds=[0, 1], search=False, eval_new=True), FakeRunner(peaked_at(2.0)),
-                      None, evaluate_new=fake_eval).run()
+                      None, evaluate=fake_eval).run()
     assert evaluated == ["final/lr2.0_wd0.0001_seed0", "final/lr2.0_wd0.0001_seed1"]
     (row,) = result.rows
     assert row.stats["new_top1"].mean == pytest.approx(41.0)

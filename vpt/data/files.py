@@ -46,8 +46,11 @@ def _scan_class_folders(folder: Path, class_names: Sequence[str]) -> FileImageSo
 
 
 def build_imagefolder(spec: DataSpec) -> SourceSplits:
-    """``root/{train,val,test}/<class>/<image>`` (val, test optional), or ``root/<class>/<image>`` as train."""
+    """``root/{train,val,test}/<class>/<image>`` (val, test optional), or ``root/<class>/<image>`` as train (as
+    test with ``eval_only``: a dataset only scored, e.g. ImageNet-Sketch)."""
     root = require_root(spec)
+    if spec.eval_only:
+        return _eval_only_folder(root, spec)
     split_dirs = {split: root / split for split in ("train", "val", "test") if (root / split).is_dir()}
     if "train" not in split_dirs:
         if split_dirs:
@@ -67,6 +70,19 @@ def build_imagefolder(spec: DataSpec) -> SourceSplits:
         raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {split_dirs['train']}")
     _refuse_empty_classes(split_dirs["train"], class_names, sources["train"].labels)
     return SourceSplits(sources["train"], sources.get("val"), sources.get("test"), class_names)
+
+
+def _eval_only_folder(root: Path, spec: DataSpec) -> SourceSplits:
+    test_dir = root / "test" if (root / "test").is_dir() else root
+    class_names = _subfolders(test_dir)
+    if not class_names:
+        raise ConfigError(f"no class folders in {test_dir}; data.eval_only expects <class>/<image> under data.root")
+    test = _scan_class_folders(test_dir, class_names)
+    if len(test) == 0:
+        raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {test_dir}")
+    if spec.class_names_file:
+        class_names = _folder_names(root, spec.class_names_file, class_names)
+    return SourceSplits(None, None, test, class_names)
 
 
 def _folder_names(root: Path, names_file: str, folders: Sequence[str]) -> list[str]:

@@ -44,6 +44,8 @@ def apply_protocol(splits: SourceSplits, spec: DataSpec, seed: int) -> SourceSpl
     if test is not None and spec.max_per_class_test is not None:
         test = SubsetSource(test, cap_per_class(test.labels, spec.max_per_class_test))
 
+    if train is None:  # an evaluation-only dataset (data.eval_only): nothing to sample
+        return SourceSplits(None, val, test, splits.class_names)
     if val is not None:
         if spec.val_size is not None:
             val, _ = split_stratified(val, spec.val_size, _rng(seed, _VAL_STREAM))

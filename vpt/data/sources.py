@@ -130,7 +130,7 @@ class ConcatSource:
 class SourceSplits:
     """What a dataset builder returns: the official splits, before any sampling protocol."""
 
-    train: ImageSource
+    train: ImageSource | None  # None: an evaluation-only dataset (data.eval_only)
     val: ImageSource | None
     test: ImageSource | None
     class_names: list[str]

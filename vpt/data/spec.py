@@ -57,6 +57,9 @@ class DataSpec:
     image_dir: str | None = None
     # name=imagefolder: "<folder> <class name>" lines (CoOp's ImageNet classnames.txt) naming the class folders
     class_names_file: str | None = None
+    # name=imagefolder: root's <class>/<image> folders are a test split only, to score prompt files on with vpt-eval
+    # (ImageNet-V2 / -Sketch / -A / -R in domain generalisation); there is nothing to train on
+    eval_only: bool = False
     image_key: str = "image"
     label_key: str = "label"
 

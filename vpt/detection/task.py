@@ -160,10 +160,10 @@ class DetectionTask(Task):
 
         return DetectorModel.build(encoder, data.class_names, detector_config(task, int(size)))
 
-    def load_prompt_file(self, path, pretrained: Any = None):
+    def load_prompt_file(self, path, pretrained: Any = None, backbone=None):
         from .prompt_files import DetectorModel
 
-        return DetectorModel.from_prompt_file(path, pretrained=pretrained or None)
+        return DetectorModel.from_prompt_file(path, backbone=backbone, pretrained=pretrained or None)
 
     def check_eval_data(self, model, data, dataset_name: str) -> None:
         if list(model.class_names) != list(data.class_names):

@@ -18,7 +18,7 @@ from ..files import atomic_write
 from ..loggers import RunFiles, write_json
 from ..prompt_file import read_prompt_file
 from ..tasks import get_task
-from .build import input_data_config
+from .build import build_backbone, input_data_config
 from .console import format_metrics
 from .runtime import autocast_for, configure_cpu, resolve_device, seed_everything, to_plain
 
@@ -96,6 +96,24 @@ def eval_data_settings(cfg: DictConfig, manifest: dict[str, Any], prompt_file,
     return OmegaConf.to_container(merged, resolve=True), seed, where
 
 
+def recorded_target_backbone(manifest: dict[str, Any], prompt_file, task):
+    """The backbone of a prompt file made on a ``backbone._target_`` model (e.g. the quickstarts' tiny open_clip
+    CLIP), or None for the others. The prompt file records no create arguments for such a model; the run's
+    config.yaml next to it holds the config training built it from, rebuilt here with the training seed first
+    (random-init weights come out the same; the prompt file's fingerprint check refuses any other weights)."""
+    if manifest.get("backbone", {}).get("create_args"):
+        return None
+    config = Path(prompt_file).resolve().parent / "config.yaml"
+    saved = OmegaConf.load(config) if config.is_file() else None
+    backbone_cfg = saved.get("backbone") if saved is not None else None
+    if backbone_cfg is None or "_target_" not in backbone_cfg:
+        return None  # from_prompt_file then says: pass that backbone
+    seed = manifest.get("data_seed", saved.get("seed", 0))  # vpt-train seeds once, then builds the backbone
+    seed_everything(int(seed))
+    log.info("backbone: backbone._target_=%s from %s, built with seed %s", backbone_cfg["_target_"], config, seed)
+    return build_backbone(to_plain(backbone_cfg), **task.backbone_options(backbone_cfg))
+
+
 def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None = None,
                          overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate ``cfg.prompt_file``. ``overrides``: the command line, which decides whether the data settings the
@@ -109,10 +127,11 @@ def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None =
     saved.update(data=data_cfg, data_seed=data_seed)
     atomic_write(files.config, OmegaConf.to_yaml(OmegaConf.create(saved)))
     task = get_task(manifest.get("task", "classification"))
+    backbone = recorded_target_backbone(manifest, cfg.prompt_file, task)
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.trainer.device)
     configure_cpu(cfg.trainer, device)
-    model = task.load_prompt_file(cfg.prompt_file, pretrained=cfg.get("pretrained") or False)
+    model = task.load_prompt_file(cfg.prompt_file, pretrained=cfg.get("pretrained") or False, backbone=backbone)
     data = task.build_data(data_cfg, input_data_config(model.backbone), data_seed)
     model = task.model_for_data(model, data, cfg.prompt_file)
     name = data_cfg.get("name", cfg.data.name)

@@ -81,6 +81,9 @@ class Trainer:
 
         backbone = build_backbone(cfg.backbone, **self.task.backbone_options(cfg.backbone))
         self.data = self.task.build_data(to_plain(cfg.data), input_data_config(backbone), self.seed)
+        if self.data.train is None:  # data.eval_only: a dataset that is only scored
+            raise ConfigError(f"data {cfg.data.name} has no training split (data.eval_only=true): score a prompt file "
+                              "on it with vpt-eval prompt_file=<run dir>/best, and train on another dataset")
         self.model = self.task.build_model(cfg, backbone, self.data).to(self.device)
         compile_model = torch.compile if self.trainer_cfg.compile else (lambda module: module)
         self.forward = compile_model(distributed.wrap_model(self.model, self.dist, self.device))

@@ -39,8 +39,9 @@ class Task:
         ``save_prompt`` / ``load_prompt``."""
         raise NotImplementedError
 
-    def load_prompt_file(self, path, pretrained: Any = False) -> nn.Module:
-        """Rebuild the model a prompt file of this task describes (``vpt-eval``)."""
+    def load_prompt_file(self, path, pretrained: Any = False, backbone: nn.Module | None = None) -> nn.Module:
+        """Rebuild the model a prompt file of this task describes (``vpt-eval``); ``backbone``: the built one when
+        the file records none (a ``backbone._target_`` model), else None."""
         raise NotImplementedError
 
     def model_for_data(self, model: nn.Module, data, path) -> nn.Module:

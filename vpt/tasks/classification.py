@@ -38,8 +38,8 @@ class ClassificationTask(Task):
         torch.manual_seed(int(cfg.seed))  # head and prompt init do not depend on what building the data consumed
         return PromptedModel(backbone, prompt, num_classes=len(data.class_names), head=head, class_names=data.class_names)
 
-    def load_prompt_file(self, path, pretrained: Any = False) -> PromptedModel:
-        return PromptedModel.from_prompt_file(path, pretrained=pretrained)
+    def load_prompt_file(self, path, pretrained: Any = False, backbone=None) -> PromptedModel:
+        return PromptedModel.from_prompt_file(path, backbone=backbone, pretrained=pretrained)
 
     def model_for_data(self, model, data, path):
         """A CLIP prompt file (coop, cocoop, maple, ivlp) evaluated on other classes than it was trained on (e.g.

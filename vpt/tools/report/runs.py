@@ -30,6 +30,11 @@ NOT_RUN_FOLDERS = {"wandb", "__pycache__"}
 # <run dir>/new; its test_top1 is the run's new_top1 (and the report's hm_top1), not a run of its own.
 NEW_CLASSES_FOLDER = "new"
 NEW_METRIC = "new_top1"
+# Cross-dataset / domain generalisation: vpt-eval of a run's prompt file on another dataset, written to
+# <run dir>/transfer/<name> (vpt-tune's tune.eval_on); its test_top1 is the run's transfer_<name>_top1, and the
+# mean over the targets the run's transfer_mean_top1.
+TRANSFER_FOLDER = "transfer"
+TRANSFER_MEAN_METRIC = "transfer_mean_top1"
 # Config keys that do not describe the experiment: where files went, how the run was watched or resumed.
 IGNORED_KEYS = {"seed", "output_dir", "trainer.resume", "trainer.progress_bar"}
 IGNORED_PREFIXES = ("hydra.", "paths.", "logger.", "paper.", "paper_means.", "tune.", "vpt_recipe.",
@@ -138,7 +143,8 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in NOT_RUN_FOLDERS)
         if RESULTS_FILE in files:
             found.append(Path(folder) / RESULTS_FILE)
-            subfolders[:] = [d for d in subfolders if d != NEW_CLASSES_FOLDER]  # read with the run (read_run)
+            # evaluations of the run's prompt file: read with the run (read_run), not runs of their own
+            subfolders[:] = [d for d in subfolders if d not in (NEW_CLASSES_FOLDER, TRANSFER_FOLDER)]
         elif CONFIG_FILE in files:  # vpt-train writes config.yaml first, results.json last
             unfinished.append(Path(folder))
     return found, unfinished
@@ -181,7 +187,20 @@ def read_run(results_path: Path) -> Run | None:
         new = _read_mapping(new_path, json.loads) or {}
         if as_number(new.get("test_top1")) is not None:
             results = {**results, NEW_METRIC: new["test_top1"]}
+    results = {**results, **transfer_metrics(results_path.parent / TRANSFER_FOLDER)}
     return Run(dir=results_path.parent, results=results, config=config)
+
+
+def transfer_metrics(folder: Path) -> dict[str, float]:
+    """transfer_<name>_top1 of each <folder>/<name>/results.json (its test_top1), and their mean."""
+    found = {}
+    for path in sorted(folder.glob(f"*/{RESULTS_FILE}")) if folder.is_dir() else []:
+        value = as_number((_read_mapping(path, json.loads) or {}).get("test_top1"))
+        if value is not None:
+            found[f"{TRANSFER_FOLDER}_{path.parent.name}_top1"] = value
+    if found:
+        found[TRANSFER_MEAN_METRIC] = sum(found.values()) / len(found)
+    return found
 
 
 def collect_runs(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> RunList:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from ...errors import ConfigError
-from .runs import Run, as_number, comparable, varying_keys
+from .runs import TRANSFER_MEAN_METRIC, Run, as_number, comparable, varying_keys
 
 # Default metrics, each kept when some run reports it: classification, then detection, then cost.
 # Base-to-novel (CoCoOp's protocol): test_top1 on the base classes, new_top1 on the new ones (runs.NEW_METRIC),
@@ -79,7 +79,17 @@ def _reported(runs: Sequence[Run], name: str) -> bool:
 def default_metrics(runs: Sequence[Run]) -> list[str]:
     """test/val top-1 (or test mAP/AP50 for detection), trainable params and train time: those some run has; with
     new-class accuracies (base-to-novel), new_top1 and their harmonic mean hm_top1 beside test_top1."""
-    return [name for name in DEFAULT_METRICS if _reported(runs, name)]
+    transfer = _transfer_metrics(runs)
+    return [name for name in ACCURACY_METRICS if _reported(runs, name)] + transfer + \
+        [name for name in COST_METRICS if _reported(runs, name)]
+
+
+def _transfer_metrics(runs: Sequence[Run]) -> list[str]:
+    """Cross-dataset / domain-generalisation targets (transfer_<name>_top1 from <run>/transfer/<name>), then their
+    mean (runs.transfer_metrics)."""
+    names = {key for run in runs for key in run.results
+             if key.startswith("transfer_") and key.endswith("_top1") and key != TRANSFER_MEAN_METRIC}
+    return sorted(names) + ([TRANSFER_MEAN_METRIC] if names else [])
 
 
 def accuracy_metric(runs: Sequence[Run], preferred: Sequence[str] = ()) -> str | None:

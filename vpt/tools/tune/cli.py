@@ -35,6 +35,9 @@ OPTION_HELP = {
     "final_on_trainval": "stage 2 trains on train+val (default: true; false: VPT's FGVC protocol)",
     "eval_new": "base-to-novel: score each final run's prompt file on the new classes too (vpt-eval into <run>/new; "
                 "the table adds new_top1 and hm_top1; default: false)",
+    "eval_on": ("cross-dataset / domain generalisation: {name: [vpt-eval overrides]}, each final run's prompt file "
+                "scored on those datasets too (vpt-eval into <run>/transfer/<name>; the table adds <name>_top1 and "
+                "transfer_mean_top1; e.g. experiment=coop/cross_dataset)"),
     "search": ("false: skip stage 1 and train every grid point with every seed, e.g. tune.grid=coop_fewshot "
                "(default: true)"),
 }

@@ -11,6 +11,7 @@ status ``failed`` (a diverged learning rate) is left to the caller to score.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import ConfigError, VptError
+from ...files import atomic_write_json
 from .records import RESULTS_FILE
 
 CONFIG_MODULE = "vpt.configs"
@@ -156,23 +158,29 @@ def _job_error(job: Any) -> BaseException | None:
 
 
 NEW_CLASSES_FOLDER = "new"  # vpt.tools.report reads <run dir>/new/results.json as the run's new_top1
+NEW_CLASSES_OVERRIDES = ("data.subsample_classes=new",)
+TRANSFER_FOLDER = "transfer"  # <run dir>/transfer/<name>/results.json: the run's <name>_top1 (vpt.tools.report)
 
 
-def evaluate_new_classes(run: TrainRun) -> None:
-    """Base-to-novel: ``vpt-eval`` of the run's ``best`` prompt file on the new classes (the data settings it was
-    trained with, ``data.subsample_classes=new``) into ``<run dir>/new``; kept when that finished before."""
-    out = run.dir / NEW_CLASSES_FOLDER
+def evaluate_run(run: TrainRun, folder: str, overrides: Sequence[str]) -> None:
+    """``vpt-eval`` of the run's ``best`` prompt file with ``overrides`` (the data settings it was trained with,
+    changed by them: base-to-novel's new classes, or another dataset) into ``<run dir>/<folder>``; kept when that
+    finished before with the same overrides, moved aside when made with others."""
+    out = run.dir / folder
+    record = out / "eval_args.json"
     if (out / RESULTS_FILE).is_file():
-        return
+        if not record.is_file() or json.loads(record.read_text()) == list(overrides):
+            return
+        out.rename(out.with_name(f"{out.name}.stale-{os.getpid()}"))  # made with other overrides: kept aside
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, list(overrides))
     executable = str(Path(sys.executable).with_name("vpt-eval"))
     executable = executable if Path(executable).exists() else "vpt-eval"
-    command = [executable, f"prompt_file={run.dir / 'best'}", "data.subsample_classes=new", "splits=[test]",
+    command = [executable, f"prompt_file={run.dir / 'best'}", *overrides, "splits=[test]",
                f"hydra.run.dir={out}", "trainer.progress_bar=false"]
-    print(f"  evaluating {run.label} on the new classes  (log: {out / 'vpt-eval.log'})", flush=True)
+    print(f"  evaluating {run.label} into {folder}  (log: {out / 'vpt-eval.log'})", flush=True)
     with open(out / "vpt-eval.log", "ab") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0 or not (out / RESULTS_FILE).is_file():
-        raise TuneRunError(f"vpt-eval of {run.label} on the new classes stopped (exit {code}) without results; "
+        raise TuneRunError(f"vpt-eval of {run.label} into {folder} stopped (exit {code}) without results; "
                            f"its log {out / 'vpt-eval.log'}:\n{_tail(out / 'vpt-eval.log')}")
-

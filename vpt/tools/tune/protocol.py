@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 from ...errors import ConfigError
 from . import grid as grids
 from .grid import Grid, Point
-from .launch import HYDRA_LOCK, HydraLauncherRunner, SubprocessRunner, TrainRun, evaluate_new_classes
+from .launch import (HYDRA_LOCK, NEW_CLASSES_FOLDER, NEW_CLASSES_OVERRIDES, TRANSFER_FOLDER, HydraLauncherRunner,
+                     SubprocessRunner, TrainRun, evaluate_run)
 from ...files import file_sha256
 from .records import (REUSE, is_launch_setting, override_key, prepare_run_dir, read_results,
                       run_record, weights_file)
@@ -30,7 +31,8 @@ from .summary import write_reports
 
 STAGE_DATA_KEY = "data.train_on_trainval"
 DEFAULTS: dict[str, Any] = {"grid": "vpt", "seeds": 5, "max_extend": 2, "jobs": 1, "out": None, "metric": None,
-                            "search_seed": None, "final_on_trainval": True, "search": True, "eval_new": False}
+                            "search_seed": None, "final_on_trainval": True, "search": True, "eval_new": False,
+                            "eval_on": None}
 
 
 @dataclass
@@ -50,6 +52,14 @@ class TuneSettings:
     final_on_trainval: bool = True
     search: bool = True
     eval_new: bool = False  # base-to-novel: each final run's prompt file also scored on the new classes
+    # cross-dataset / domain generalisation: each final run's prompt file also scored on these datasets, name ->
+    # the vpt-eval overrides that select it (configs/experiment/coop/cross_dataset.yaml)
+    eval_on: dict[str, list[str]] = field(default_factory=dict)
+
+    def evaluations(self) -> list[tuple[str, list[str]]]:
+        """(folder under the run dir, vpt-eval overrides) of each evaluation after training."""
+        new = [(NEW_CLASSES_FOLDER, list(NEW_CLASSES_OVERRIDES))] if self.eval_new else []
+        return new + [(f"{TRANSFER_FOLDER}/{name}", args) for name, args in self.eval_on.items()]
 
     @classmethod
     def resolve(cls, options: Mapping[str, Any], train: "TrainInfo") -> "TuneSettings":
@@ -70,7 +80,26 @@ class TuneSettings:
         return cls(grid=grid, seeds=[int(s) for s in seeds], out=out.resolve(), metric=merged["metric"] or train.metric,
                    search_seed=search_seed, max_extend=int(merged["max_extend"]), jobs=int(merged["jobs"]),
                    final_on_trainval=_flag(merged["final_on_trainval"]), search=_flag(merged["search"]),
-                   eval_new=_flag(merged["eval_new"]))
+                   eval_new=_flag(merged["eval_new"]), eval_on=_eval_targets(merged["eval_on"]))
+
+
+def _eval_targets(value: Any) -> dict[str, list[str]]:
+    """tune.eval_on: {name: [vpt-eval override, ...]} (a name is a folder: letters, digits, _ . -)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"tune.eval_on must map a name to a list of vpt-eval overrides, e.g. {{dtd: [data=zhou_split, "
+                          f"data.root=/data/dtd]}}, got {value!r}")
+    targets = {}
+    for name, args in value.items():
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_.-" for c in name) or \
+                name[0] == "." or name == "mean":  # transfer_mean_top1 is the mean over the targets
+            raise ConfigError(f"tune.eval_on name {name!r}: use letters, digits, '_', '.' or '-' (it names a folder; "
+                              "not 'mean')")
+        if isinstance(args, str) or not isinstance(args, (list, tuple)) or not all(isinstance(a, str) for a in args):
+            raise ConfigError(f"tune.eval_on.{name} must be a list of vpt-eval overrides (strings), got {args!r}")
+        targets[name] = list(args)
+    return targets
 
 
 def _flag(value: Any) -> bool:
@@ -155,10 +184,10 @@ class Protocol:
     """One tuning: the two stages over ``task_args`` with ``settings``, runs through ``runner``."""
 
     def __init__(self, task_args: Sequence[str], settings: TuneSettings, runner, weights_sha256: str | None,
-                 evaluate_new=evaluate_new_classes) -> None:
+                 evaluate=evaluate_run) -> None:
         self.task_args, self.settings, self.runner = list(task_args), settings, runner
         self.weights_sha256 = weights_sha256
-        self.evaluate_new = evaluate_new  # tune.eval_new: run -> <run dir>/new/results.json
+        self.evaluate = evaluate  # (run, folder, vpt-eval overrides) -> <run dir>/<folder>/results.json
 
     def stage_run(self, stage: str, point: Point, seed: int, on_trainval: bool) -> TrainRun:
         grid = self.settings.grid
@@ -217,10 +246,10 @@ class Protocol:
         final_runs = [self.stage_run("final", point, seed, settings.final_on_trainval)
                       for point in trained for seed in settings.seeds]
         self.execute(final_runs, "final")
-        if settings.eval_new:
+        for folder, overrides in settings.evaluations():  # base-to-novel's new classes, other datasets
             for run in final_runs:
                 if (run.results or {}).get("status", "completed") == "completed":
-                    self.evaluate_new(run)
+                    self.evaluate(run, folder, overrides)
         result = TuneResult(settings.out, settings.grid, settings.metric, scores, pick, search_runs, final_runs)
         write_reports(result)
         return result
