@@ -45,6 +45,8 @@ def build_target_backbone(cfg: Mapping[str, Any], task_options: Mapping[str, Any
     from ..online import hub_access
 
     call = {**(task_options or {}), **{key: value for key, value in cfg.items() if key not in VPT_BACKBONE_KEYS}}
+    if cfg.get("image_size") is not None and _takes_argument(cfg["_target_"], "image_size"):
+        call["image_size"] = cfg["image_size"]  # e.g. torchvision's VisionTransformer(image_size=...)
     try:
         with hub_access():  # pretrained=true downloads: fail fast when the hub does not answer
             model = instantiate(call, _convert_="all")
@@ -68,6 +70,18 @@ def build_target_backbone(cfg: Mapping[str, Any], task_options: Mapping[str, Any
                           f"{built[0]}x{built[1]} inputs; build it for {size} (e.g. img_size: {size} for timm) or set "
                           f"backbone.image_size={built[0]}")
     return adapter  # create_args stay None: a prompt file of it is loaded with the backbone passed in
+
+
+def _takes_argument(target: str, name: str) -> bool:
+    """Whether the callable at dotted path ``target`` has a parameter ``name`` (False when it cannot be told)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        return name in inspect.signature(get_object(target)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return False
 
 
 def _is_hub_failure(error: BaseException) -> bool:
