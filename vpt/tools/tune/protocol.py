@@ -26,6 +26,7 @@ from .launch import HYDRA_LOCK, HydraLauncherRunner, SubprocessRunner, TrainRun,
 from ...files import file_sha256
 from .records import (REUSE, is_launch_setting, override_key, prepare_run_dir, read_results,
                       run_record, weights_file)
+from .result import TuneResult
 from .summary import write_reports
 
 STAGE_DATA_KEY = "data.train_on_trainval"
@@ -111,26 +112,6 @@ def read_train_config(task_args: Sequence[str]) -> TrainInfo:
                      metric=str(cfg.get("optimized_metric") or "val_top1"),
                      weights=weights_file(cfg.backbone.get("pretrained")),
                      tune_block=OmegaConf.to_container(block, resolve=True) if block is not None else {})
-
-
-@dataclass
-class TuneResult:
-    out: Path
-    grid: Grid
-    metric: str
-    scores: dict[Point, float | None]
-    pick: Point | None  # None: tune.search=false over several points (each one trained, none picked)
-    search_runs: list[TrainRun]
-    final_runs: list[TrainRun]
-    rows: list = field(default_factory=list)  # vpt.tools.report rows of the final table
-
-    @property
-    def pick_settings(self) -> dict[str, Any] | None:
-        return self.grid.as_dict(self.pick) if self.pick is not None else None
-
-    @property
-    def final_results(self) -> list[dict[str, Any]]:
-        return [run.results or {} for run in self.final_runs]
 
 
 def task_overrides(args: Sequence[str], grid: Grid) -> list[str]:

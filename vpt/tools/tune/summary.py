@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from ...errors import ConfigError
 from ...files import atomic_write_json
 from .grid import at_edge, best_point
-
-if TYPE_CHECKING:
-    from .launch import TrainRun
-    from .protocol import TuneResult
+from .launch import TrainRun
+from .result import TuneResult
 
 TUNE_FILE = "tune.json"
 SEARCH_FOLDER = "search"
@@ -22,7 +20,7 @@ def _scalars(results: dict[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in (results or {}).items() if not isinstance(value, (dict, list))}
 
 
-def summary_of(result: "TuneResult") -> dict[str, Any]:
+def summary_of(result: TuneResult) -> dict[str, Any]:
     """The contents of tune.json. Run dirs are relative to the tune dir, so the folder can move."""
     by_point = {run.point: run for run in result.search_runs}
     tests = [run.results["test_top1"] for run in result.final_runs
@@ -44,7 +42,7 @@ def summary_of(result: "TuneResult") -> dict[str, Any]:
     }
 
 
-def _report(runs: Sequence["TrainRun"], out: Path, group_by: list[str], metrics: list[str] | None,
+def _report(runs: Sequence[TrainRun], out: Path, group_by: list[str], metrics: list[str] | None,
             plots: bool) -> list:
     """vpt-report's table (and plots) of ``runs`` into ``out``; returns the table rows."""
     from ..report import collect_runs, summarise, write_plots, write_tables
@@ -63,7 +61,7 @@ def _report(runs: Sequence["TrainRun"], out: Path, group_by: list[str], metrics:
     return rows
 
 
-def write_reports(result: "TuneResult") -> None:
+def write_reports(result: TuneResult) -> None:
     """tune.json first (it never depends on the reports), then the stage-1 and final tables."""
     from ..report import to_markdown
 
