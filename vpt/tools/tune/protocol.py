@@ -99,7 +99,7 @@ def read_train_config(task_args: Sequence[str]) -> TrainInfo:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from ..cli import register_resolvers
+    from ..cli import optimized_metric, register_resolvers
 
     register_resolvers()
     with HYDRA_LOCK, initialize_config_module("vpt.configs", version_base="1.3"):
@@ -109,7 +109,7 @@ def read_train_config(task_args: Sequence[str]) -> TrainInfo:
             raise ConfigError(f"the vpt-train overrides do not compose: {error}") from error
     block = cfg.get("tune")
     return TrainInfo(name=str(cfg.name), log_dir=str(cfg.paths.log_dir), seed=int(cfg.seed),
-                     metric=str(cfg.get("optimized_metric") or "val_top1"),
+                     metric=optimized_metric(cfg),
                      weights=weights_file(cfg.backbone.get("pretrained")),
                      tune_block=OmegaConf.to_container(block, resolve=True) if block is not None else {})
 

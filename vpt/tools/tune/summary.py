@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from ...errors import ConfigError
 from ...files import atomic_write_json
+from ...tasks import recorded_task
 from .grid import at_edge, best_point
 from .launch import TrainRun
 from .result import TuneResult
@@ -23,8 +24,8 @@ def _scalars(results: dict[str, Any] | None) -> dict[str, Any]:
 def summary_of(result: TuneResult) -> dict[str, Any]:
     """The contents of tune.json. Run dirs are relative to the tune dir, so the folder can move."""
     by_point = {run.point: run for run in result.search_runs}
-    tests = [run.results["test_top1"] for run in result.final_runs
-             if isinstance((run.results or {}).get("test_top1"), (int, float))]
+    test = final_test_metric(result)
+    tests = [run.results[test] for run in result.final_runs if isinstance((run.results or {}).get(test), (int, float))]
     return {
         "grid": result.grid.to_dict(),
         "metric": result.metric,
@@ -37,9 +38,15 @@ def summary_of(result: TuneResult) -> dict[str, Any]:
                                    and best_point(result.grid, result.scores) == result.pick),
         "pick_at_edge": at_edge(result.grid, result.scores) if result.scores else [],
         "final": [{"seed": run.seed, "run_dir": run.label, **_scalars(run.results)} for run in result.final_runs],
-        "test_top1_mean": statistics.fmean(tests) if tests else None,
-        "test_top1_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
+        f"{test}_mean": statistics.fmean(tests) if tests else None,
+        f"{test}_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
     }
+
+
+def final_test_metric(result: TuneResult) -> str:
+    """The final runs' primary test metric (test_top1, test_map): of the task their results.json records."""
+    recorded = next((run.results for run in result.final_runs if run.results), {})
+    return recorded_task(recorded).metric("test")
 
 
 def _report(runs: Sequence[TrainRun], out: Path, group_by: list[str], metrics: list[str] | None,
