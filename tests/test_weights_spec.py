@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from vpt import hub
 from vpt.backbones import factory, portable, pypi_weights
 from vpt.backbones.weights_spec import WeightsSpec, parse_weights
 from vpt.errors import ConfigError
@@ -71,6 +72,10 @@ def test_the_readers_share_the_one_parse(tmp_path):
     assert portable.locate_recorded_weights({"pretrained": "pypi:vit_s14_imgfocus"}) == "pypi:vit_s14_imgfocus"
     with pytest.raises(portable.RecordedWeightsNotFoundError):
         portable.locate_recorded_weights({"pretrained": str(tmp_path / "gone.pth")})
+    # the model card's words
+    assert hub.describe_weights({"name": "vit_s", "pretrained": "pypi:vit_s14_imgfocus"}).endswith(
+        "PyPI package, `pypi:vit_s14_imgfocus`")
+    assert hub.describe_weights({"name": "vit_s", "pretrained": "w.npz"}) == "a local weights file `w.npz`"
     # tune's weights file: only an existing file
     assert weights_file(str(path)) == path and weights_file("true") is None and weights_file(False) is None
     assert weights_file(str(tmp_path / "gone.pth")) is None
