@@ -113,3 +113,56 @@ def test_logs_name_a_reshaped_backbone_as_results_do(caplog):
     assert "tensors of vit_p4_d64_l6_16px from" in loaded
     assert random_init.startswith("vit_p4_d64_l6_16px: random weights")
     assert "vit_tiny_patch16_224" not in loaded + random_init
+
+
+# ---- "does this encoder take any input size": the adapter's answer, the method's on top --------------------------
+def _open_clip_tower():
+    from open_clip.transformer import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=8, width=48, layers=1, heads=3, mlp_ratio=2.0, output_dim=16)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_a_timm_vit_takes_any_size_when_built_with_dynamic_img_size(dynamic):
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=0,
+                              dynamic_img_size=dynamic)
+    adapter = vpt.backbones.wrap_model(model)
+    assert type(adapter).__name__ == "TimmViTAdapter" and adapter.takes_any_input_size is dynamic
+    if dynamic:  # what the answer promises: another multiple of the patch size runs
+        adapter.embed(torch.zeros(1, 3, 40, 48))
+
+
+def test_an_open_clip_tower_takes_its_built_size_only():
+    adapter = vpt.backbones.wrap_model(_open_clip_tower())
+    assert type(adapter).__name__ == "OpenCLIPViTAdapter" and adapter.takes_any_input_size is False
+    with pytest.raises(RuntimeError):  # what the answer stands for: its position table has the built size
+        adapter.embed(torch.zeros(1, 3, 40, 48))
+
+
+def test_a_cnn_takes_any_size():
+    adapter = vpt.backbones.wrap_model(timm.create_model("resnet10t", num_classes=0))
+    assert type(adapter).__name__ == "TimmGenericAdapter" and adapter.takes_any_input_size is True
+
+
+def test_a_users_token_adapter_is_fixed_size_unless_it_says_otherwise():
+    from vpt.backbones import BackboneAdapter
+
+    class Tokens(BackboneAdapter):
+        pass
+
+    class Convs(BackboneAdapter):
+        supports_token_prompts = False
+
+    assert Tokens(torch.nn.Identity(), "t").takes_any_input_size is False
+    assert Convs(torch.nn.Identity(), "c").takes_any_input_size is True
+
+
+@pytest.mark.parametrize("prompt, options, any_size", [("deep", {"length": 2}, True), ("pad", {"size": 4}, False),
+                                                       ("pad", {"size": 0}, True), ("linear", {}, True)])
+def test_the_model_combines_the_backbone_and_the_methods_answer(prompt, options, any_size):
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=0,
+                              dynamic_img_size=True)
+    prompted = PromptedModel(model, prompt=prompt, num_classes=3, **options)
+    assert prompted.takes_any_input_size is any_size
+    fixed = PromptedModel(_open_clip_tower(), prompt=prompt, num_classes=3, **options)
+    assert fixed.takes_any_input_size is False

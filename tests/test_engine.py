@@ -289,4 +289,4 @@ def test_best_checkpoint_is_never_picked_on_val_that_was_trained_on(tmp_path, tr
 def test_optuna_search_turns_train_on_trainval_off(compose_config):
     # hparams_search comes last in the defaults, so its train_on_trainval=false beats an experiment's true
     cfg = compose_config(["hparams_search=optuna", "experiment=vtab_cifar100_vpt_deep"])
-    assert cfg.data.train_on_trainval is False and cfg.optimized_metric == "val_top1"
+    assert cfg.data.train_on_trainval is False and cfg.optimized_metric is None  # null: the task's val_top1

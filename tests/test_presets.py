@@ -80,7 +80,7 @@ def test_preset_follows_vpts_recipe_and_holds_the_papers_numbers(preset):
     assert cfg.tune.grid == "vpt" and cfg.tune.seeds == 5
     assert compose_preset(f"experiment={preset}", "prompt=full").tune.grid == "vpt_full"
     paper = cfg.paper
-    assert "Jia et al." in paper.source and paper.metric == "test_top1"
+    assert "Jia et al." in paper.source and "metric" not in paper  # the numbers are of the task's primary metric
     for method in METHODS:
         assert paper[method] is None or 0.0 < paper[method] < 100.0
 

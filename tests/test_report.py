@@ -15,8 +15,9 @@ import yaml
 from PIL import Image
 
 from vpt.errors import ConfigError
-from vpt.tools.report import (NoResultsError, collect_runs, default_metrics, harmonic_mean, main, summarise, to_json,
-                        to_markdown, varying_keys, write_plots, write_tables)
+from vpt.tasks import TASKS, Task, register_task
+from vpt.tools.report import (NoResultsError, accuracy_metric, collect_runs, default_metrics, harmonic_mean, main,
+                              summarise, to_json, to_markdown, varying_keys, write_plots, write_tables)
 
 # test_top1 per (method, prompt length) for seeds 0, 1, 2, and the mean / sample std worked out by hand.
 TOP1 = {("deep", 1): [80.0, 82.0, 84.0], ("deep", 10): [90.0, 91.0, 95.0],
@@ -110,7 +111,7 @@ def test_one_seed_has_zero_std(tmp_path):
 
 
 def test_default_metrics_follow_what_runs_report(tmp_path):
-    write_run(tmp_path / "det", "deep", 10, 0, None, test_map=40.0, test_ap50=60.0)
+    write_run(tmp_path / "det", "deep", 10, 0, None, task="detection", test_map=40.0, test_ap50=60.0)
     runs = collect_runs(tmp_path)
     assert default_metrics(runs) == ["test_map", "test_ap50", "trainable_params", "train_seconds"]
 
@@ -307,3 +308,45 @@ def test_base_to_novel_runs_get_the_harmonic_mean_beside_the_papers(tmp_path):
     with pytest.raises(ConfigError, match="hm_top1"):
         write_run(tmp_path / "other" / "r", "deep", 1, 0, 50.0)
         summarise(collect_runs(tmp_path / "other"), metrics=["hm_top1"])
+
+
+class F1Task(Task):
+    """A toy task ranked by F1: the report and vpt-tune must pick its metric, not top-1."""
+    name = "toy_f1"
+    primary_metric = "f1"
+
+
+@pytest.fixture
+def f1_task():
+    register_task(F1Task())
+    yield
+    TASKS.unregister(F1Task.name)
+
+
+def test_each_run_reports_its_tasks_primary_metric(tmp_path, f1_task):
+    write_run(tmp_path / "f1", "deep", 10, 0, None, task="toy_f1", test_f1=0.7, val_f1=0.6)
+    write_run(tmp_path / "det", "deep", 10, 0, None, task="detection", test_map=40.0, val_map=30.0, test_ap50=60.0)
+    write_run(tmp_path / "cls", "deep", 10, 0, 80.0, task="classification", val_top1=70.0)
+    by_name = {run.dir.name: run for run in collect_runs(tmp_path)}
+    assert {name: run.primary_metric("test") for name, run in by_name.items()} == \
+        {"f1": "test_f1", "det": "test_map", "cls": "test_top1"}
+    assert by_name["det"].primary_metric("val") == "val_map"
+    assert default_metrics([by_name["f1"]]) == ["test_f1", "val_f1", "trainable_params", "train_seconds"]
+    assert default_metrics([by_name["det"]]) == ["test_map", "test_ap50", "val_map", "trainable_params",
+                                                 "train_seconds"]
+    assert accuracy_metric([by_name["f1"]]) == "test_f1"
+
+
+def test_a_run_found_by_its_configs_task_or_of_old_vpt_is_classification(tmp_path, f1_task):
+    old = write_run(tmp_path / "old", "deep", 10, 0, 80.0)  # results.json without a task: vpt before tasks
+    assert collect_runs(old)[0].primary_metric() == "test_top1"
+    folder = write_run(tmp_path / "cfg", "deep", 10, 0, None, test_f1=0.5)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "task": {"name": "toy_f1"}}))
+    assert collect_runs(folder)[0].primary_metric() == "test_f1"
+
+
+def test_a_paper_number_without_a_metric_is_of_the_tasks_primary_one(tmp_path, f1_task):
+    write_run(tmp_path / "f1", "deep", 10, 0, None, paper={"source": "toy", "deep": 0.8}, task="toy_f1", test_f1=0.7)
+    (row,) = summarise(collect_runs(tmp_path), ["test_f1"])
+    assert row.paper == {"test_f1": 0.8}

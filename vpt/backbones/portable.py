@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from .. import files
 from ..errors import WeightsUnavailableError
+from .weights_spec import parse_weights
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,7 @@ class RecordedWeightsNotFoundError(WeightsUnavailableError):
 
 
 def is_weights_path(pretrained: Any) -> bool:
-    from .factory import _looks_like_path  # one rule for what counts as a path
-
-    return not isinstance(pretrained, bool) and _looks_like_path(pretrained)
+    return parse_weights(pretrained).is_file
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -45,12 +44,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 def weights_record(pretrained: Any) -> dict[str, Any]:
     """``{"pretrained": ...}`` as a manifest records it: a file as its name + ``pretrained_sha256``, a hub tag or
     True as the string, random init as False."""
-    if not pretrained:
+    spec = parse_weights(pretrained)
+    if spec.kind == "none":
         return {"pretrained": False}
-    if is_weights_path(pretrained) and os.path.isfile(os.path.expanduser(str(pretrained))):
-        path = os.path.expanduser(str(pretrained))
-        return {"pretrained": os.path.basename(path), SHA256_KEY: file_sha256(path)}
-    return {"pretrained": str(pretrained)}
+    if spec.is_file and os.path.isfile(spec.path):
+        return {"pretrained": os.path.basename(spec.path), SHA256_KEY: file_sha256(spec.path)}
+    return {"pretrained": str(spec.value)}
 
 
 def portable_config_yaml(cfg) -> str:

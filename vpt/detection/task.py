@@ -136,6 +136,7 @@ def _datasets(data_cfg: dict[str, Any], size: int, seed: int) -> dict[str, Datas
 
 class DetectionTask(Task):
     name = "detection"
+    primary_metric, secondary_metrics = "map", ("ap50",)
     summary_keys = ("train_loss", "val_map", "val_ap50", "test_map", "test_ap50", "train_images_per_s")
 
     def backbone_options(self, backbone_cfg) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from ..errors import ConfigError, VptError
 from ..files import RunLock, atomic_write, check_run_dir, update_latest_link
 from ..loggers import RunFiles, Tracker
 from .sweep import in_multirun, run_position
-from ..tasks import limited, task_from_config
+from ..tasks import limited, metric_setting, task_from_config
 from . import checkpoints, distributed
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
 from .console import format_metrics, progress_bar
@@ -207,7 +207,7 @@ class Trainer:
         return "val" in self.loaders and not self.data.val_in_train
 
     def monitor_score(self, metrics: Mapping[str, Any]) -> float | None:
-        monitor = self.trainer_cfg.monitor
+        monitor = metric_setting(self.trainer_cfg.get("monitor"), self.task, "val")
         if monitor.startswith("val_") and not self.val_held_out:
             return None  # val is trained on (or absent): picking a checkpoint on it would select on training data
         return metrics.get(monitor)

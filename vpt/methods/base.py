@@ -65,6 +65,10 @@ class Method:
     def validate(self, cfg: "PromptConfig") -> None:
         """Raise :class:`ConfigError` for settings this method cannot use."""
 
+    def needs_fixed_input_size(self, cfg: "PromptConfig") -> bool:
+        """The modules :meth:`build` makes for ``cfg`` work at the built input size only (a pixel prompt's image)."""
+        return False
+
     def prompt_layers(self, cfg: "PromptConfig", num_layers: int) -> list[int]:
         """Layers that receive fresh token prompts (token methods only)."""
         return []

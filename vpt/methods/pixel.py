@@ -25,6 +25,9 @@ class PixelPromptMethod(Method):
     def build(self, cfg, backbone, input_size):
         return {"pixel_prompt": self.prompt_class(input_size, cfg.size)} if cfg.size > 0 else {}
 
+    def needs_fixed_input_size(self, cfg) -> bool:
+        return cfg.size > 0  # the prompt is an image of the built size
+
 
 class PadMethod(PixelPromptMethod):
     name, prompt_class = "pad", PadPrompt

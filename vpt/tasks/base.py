@@ -24,6 +24,16 @@ class Task:
     name: str = ""
     #: metric keys shown in the one-line epoch summary (when present)
     summary_keys: tuple[str, ...] = ()
+    #: the metric (an unprefixed key of :meth:`evaluate`) that ranks runs: monitored on val to pick best/,
+    #: optimised by searches and vpt-tune, reported first on test. A config's ``trainer.monitor`` /
+    #: ``optimized_metric`` left null means this one (:func:`metric_setting`).
+    primary_metric: str = "top1"
+    #: further unprefixed metrics a report shows by default on test, after the primary one
+    secondary_metrics: tuple[str, ...] = ()
+
+    def metric(self, split: str) -> str:
+        """The primary metric's key on ``split``: ``val_top1``, ``test_map``."""
+        return f"{split}_{self.primary_metric}"
 
     def backbone_options(self, backbone_cfg: Mapping[str, Any]) -> dict[str, Any]:
         """Extra keyword arguments the task needs when the backbone is built (e.g. any-size position embeddings)."""
@@ -80,6 +90,21 @@ def get_task(name: str) -> Task:
 def task_from_config(task_cfg: Mapping[str, Any]) -> Task:
     """The task a ``configs/task`` group selects: its ``_target_`` (a Task class's dotted path) or its ``name``."""
     return get_task(task_cfg.get("_target_") or task_cfg.get("name", "classification"))
+
+
+def metric_setting(setting: Any, task: Task, split: str = "val") -> str:
+    """A config's metric key (``trainer.monitor``, ``optimized_metric``) as set, or the task's primary metric on
+    ``split`` when it is null: the one place a null metric setting is read."""
+    return str(setting) if setting else task.metric(split)
+
+
+def recorded_task(results: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> Task:
+    """The task a finished run was of: the name its results.json records, else its config's ``task`` group; runs
+    that record neither are classification (the only task of older vpt versions)."""
+    name = results.get("task")
+    if not name and isinstance((config or {}).get("task"), Mapping):
+        name = config["task"].get("_target_") or config["task"].get("name")
+    return get_task(str(name or "classification"))
 
 
 def limited(loader: Iterable, limit: int | None) -> Iterable:

@@ -19,6 +19,7 @@ HEAD_KINDS = ("linear", "zero_shot")
 
 class ClassificationTask(Task):
     name = "classification"
+    primary_metric = "top1"
     summary_keys = ("train_loss", "train_top1", "val_top1", "test_top1", "test_top5", "train_images_per_s")
 
     def build_data(self, data_cfg, data_config, seed):

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..backbones.portable import RecordedWeightsNotFoundError
 from ..errors import ConfigError, TargetWeightsUnavailableError, VptError, WeightsUnavailableError
 from ..engine.sweep import in_multirun
+from ..tasks import metric_setting, recorded_task, task_from_config
 
 CONFIG_PATH = "pkg://vpt.configs"  # the packaged configs/, so the commands work from any directory
 USER_ERROR_EXIT_CODE = 2
@@ -66,8 +67,13 @@ def _search_scores_on_trained_val(cfg: DictConfig) -> bool:
     if not in_multirun():
         return False
     sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
-    metric = str(cfg.get("optimized_metric") or "")
-    return "BasicSweeper" not in sweeper and metric.startswith("val_") and bool(cfg.data.get("train_on_trainval"))
+    return "BasicSweeper" not in sweeper and optimized_metric(cfg).startswith("val_") \
+        and bool(cfg.data.get("train_on_trainval"))
+
+
+def optimized_metric(cfg: DictConfig) -> str:
+    """What a sweep optimises: ``optimized_metric``, or (null) the task's primary metric on val."""
+    return metric_setting(cfg.get("optimized_metric"), task_from_config(cfg.task), "val")
 
 
 @contextlib.contextmanager
@@ -92,11 +98,11 @@ def _train(cfg: DictConfig) -> float | None:
 
     with exit_on_user_error("vpt-train"):
         if _search_scores_on_trained_val(cfg):
-            raise ConfigError(f"the search optimises {cfg.optimized_metric} but data.train_on_trainval=true trains on "
+            raise ConfigError(f"the search optimises {optimized_metric(cfg)} but data.train_on_trainval=true trains on "
                               "val; set data.train_on_trainval=false for the search, then train the chosen "
                               "setting on train+val")
         results = train(cfg)
-    return results.get(cfg.optimized_metric)  # what a sweeper (hparams_search=optuna) optimises
+    return results.get(optimized_metric(cfg))  # what a sweeper (hparams_search=optuna) optimises
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
@@ -105,7 +111,7 @@ def _eval(cfg: DictConfig) -> float | None:
 
     with exit_on_user_error("vpt-eval"):
         results = evaluate_prompt_file(cfg)
-    return results.get("test_top1")
+    return results.get(recorded_task(results).metric("test"))
 
 
 PLACEHOLDER = re.compile(r"<[A-Za-z_ -]+>")  # <date>, <run dir>, <name> copied from the docs

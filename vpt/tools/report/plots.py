@@ -100,7 +100,8 @@ def write_plots(runs: Sequence[Run], out_dir: str | os.PathLike, group_by: Seque
                 metric: str | None = None) -> list[Path]:
     """Draw the plots whose x axis varies into ``out_dir``; return the PNG paths written (maybe none).
 
-    ``metric`` is the accuracy axis (default: test_top1, else val_top1, test_map, test_ap50).
+    ``metric`` is the accuracy axis (default: the runs' primary test metric, e.g. test_top1 or test_map; see
+    :func:`~vpt.tools.report.table.accuracy_metric`).
     """
     metric = metric or accuracy_metric(runs)
     if metric is None:

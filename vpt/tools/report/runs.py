@@ -12,12 +12,14 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from ...errors import ConfigError
+from ...errors import ConfigError, UnknownNameError
+from ...tasks import Task, recorded_task
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,8 @@ COMPLETED = "completed"
 # Folders that never hold a run of their own; skipping them keeps the walk fast on big sweeps.
 NOT_RUN_FOLDERS = {"wandb", "__pycache__"}
 # Base-to-novel: vpt-eval of a run's prompt file on the new classes (data.subsample_classes=new), written to
-# <run dir>/new; its test_top1 is the run's new_top1 (and the report's hm_top1), not a run of its own.
+# <run dir>/new; its primary test metric (test_top1) is the run's new_top1 (and the report's hm_top1), not a run
+# of its own.
 NEW_CLASSES_FOLDER = "new"
 NEW_METRIC = "new_top1"
 # Cross-dataset / domain generalisation: vpt-eval of a run's prompt file on another dataset, written to
@@ -85,6 +88,23 @@ class Run:
     def metric(self, name: str) -> float | None:
         """A numeric results value; ``"nan"`` / ``"inf"`` (how results.json stores them) become floats."""
         return as_number(self.results.get(name))
+
+    @cached_property
+    def task(self) -> Task:
+        """The task the run was of (what its results.json or config.yaml records): it says the primary metric."""
+        return task_of(self.results, self.config, self.dir)
+
+    def primary_metric(self, split: str = "test") -> str:
+        """The key of the run's primary metric on ``split``: ``test_top1``, ``test_map``."""
+        return self.task.metric(split)
+
+
+def task_of(results: Mapping[str, Any], config: Mapping[str, Any], where: Path) -> Task:
+    try:
+        return recorded_task(results, config)
+    except UnknownNameError as error:  # a user's task class not importable here: the base task's metric
+        log.warning("%s: %s; reporting its %s", where, error, Task().metric("test"))
+        return Task()
 
 
 class RunList(list):
@@ -185,8 +205,9 @@ def read_run(results_path: Path) -> Run | None:
     new_path = results_path.parent / NEW_CLASSES_FOLDER / RESULTS_FILE
     if NEW_METRIC not in results and new_path.is_file():
         new = _read_mapping(new_path, json.loads) or {}
-        if as_number(new.get("test_top1")) is not None:
-            results = {**results, NEW_METRIC: new["test_top1"]}
+        new_metric = task_of(new, {}, new_path.parent).metric("test")
+        if as_number(new.get(new_metric)) is not None:
+            results = {**results, NEW_METRIC: new[new_metric]}
     results = {**results, **transfer_metrics(results_path.parent / TRANSFER_FOLDER)}
     return Run(dir=results_path.parent, results=results, config=config)
 

@@ -22,7 +22,7 @@ def suite_means(runs: Sequence[Run]) -> list[dict[str, Any]]:
             continue
         key = str(means.get("suite"))
         blocks[key] = means
-        value = run.metric(means.get("metric", "test_top1"))
+        value = run.metric(means.get("metric") or run.primary_metric("test"))
         if value is not None:
             per_task[(key, run.method)][task].append(value)
     rows = []

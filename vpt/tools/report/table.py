@@ -9,13 +9,13 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from ...errors import ConfigError
 from .runs import TRANSFER_MEAN_METRIC, Run, as_number, comparable, varying_keys
 
-# Default metrics, each kept when some run reports it: classification, then detection, then cost.
-# Base-to-novel (CoCoOp's protocol): test_top1 on the base classes, new_top1 on the new ones (runs.NEW_METRIC),
-# hm_top1 = 2 * base * new / (base + new) of the row's means (as CoCoOp's tables), unless the runs report it.
+# Default metrics, each kept when some run reports it: the runs' tasks' primary (and secondary) metrics on test,
+# base-to-novel's two, the primary metrics on val, then cost.
+# Base-to-novel (CoCoOp's protocol, classification): test_top1 on the base classes, new_top1 on the new ones
+# (runs.NEW_METRIC), hm_top1 = 2 * base * new / (base + new) of the row's means (as CoCoOp's tables), unless the
+# runs report it. These three names are what results.json and the tables hold.
 BASE_METRIC, NEW_METRIC, HM_METRIC = "test_top1", "new_top1", "hm_top1"
-ACCURACY_METRICS = ("test_top1", NEW_METRIC, HM_METRIC, "val_top1", "test_map", "test_ap50")
 COST_METRICS = ("trainable_params", "train_seconds")
-DEFAULT_METRICS = ACCURACY_METRICS + COST_METRICS
 # Keys of a `paper:` block that are not methods.
 PAPER_INFO_KEYS = {"source", "metric", "task"}
 
@@ -76,15 +76,24 @@ def _reported(runs: Sequence[Run], name: str) -> bool:
     return any(run.metric(name) is not None for run in runs) or (name == HM_METRIC and _derives_hm(runs))
 
 
+def task_metrics(runs: Sequence[Run]) -> list[str]:
+    """The metrics the runs' tasks rank by: each task's primary and secondary ones on test (test_top1; test_map,
+    test_ap50), base-to-novel's new_top1 and hm_top1, then each primary one on val (val_top1, val_map)."""
+    tasks = list({type(run.task): run.task for run in runs}.values())
+    test = [name for task in tasks for name in (task.metric("test"),
+                                                *(f"test_{m}" for m in task.secondary_metrics))]
+    names = test + [NEW_METRIC, HM_METRIC] + [task.metric("val") for task in tasks]
+    return list(dict.fromkeys(names))
+
+
 def default_metrics(runs: Sequence[Run]) -> list[str]:
-    """test/val top-1 (or test mAP/AP50 for detection), trainable params and train time: those some run has; with
-    new-class accuracies (base-to-novel), new_top1 and their harmonic mean hm_top1 beside test_top1."""
-    transfer = _transfer_metrics(runs)
-    return [name for name in ACCURACY_METRICS if _reported(runs, name)] + transfer + \
-        [name for name in COST_METRICS if _reported(runs, name)]
+    """The task metrics (:func:`task_metrics`), the transfer targets' (:func:`transfer_metric_names`), trainable
+    params and train time: those some run has."""
+    names = [name for name in task_metrics(runs) if _reported(runs, name)]
+    return names + transfer_metric_names(runs) + [name for name in COST_METRICS if _reported(runs, name)]
 
 
-def _transfer_metrics(runs: Sequence[Run]) -> list[str]:
+def transfer_metric_names(runs: Sequence[Run]) -> list[str]:
     """Cross-dataset / domain-generalisation targets (transfer_<name>_top1 from <run>/transfer/<name>), then their
     mean (runs.transfer_metrics)."""
     names = {key for run in runs for key in run.results
@@ -96,7 +105,7 @@ def accuracy_metric(runs: Sequence[Run], preferred: Sequence[str] = ()) -> str |
     """The metric plots put on the accuracy axis: the first preferred one that is not a cost, else the default."""
     reported = [name for name in preferred if name not in COST_METRICS
                 and any(run.metric(name) is not None for run in runs)]
-    return next(iter(reported), None) or next((m for m in ACCURACY_METRICS if m in default_metrics(runs)), None)
+    return next(iter(reported), None) or next((m for m in default_metrics(runs) if m not in COST_METRICS), None)
 
 
 def _check_metrics(runs: Sequence[Run], metrics: Sequence[str]) -> None:
@@ -124,7 +133,7 @@ def _paper_numbers(run: Run, metrics: Sequence[str]) -> tuple[dict[str, float], 
     if reported is None:
         return {}, block.get("source")  # the paper has no number for this method
     if not isinstance(reported, Mapping):
-        default = block.get("metric") or next((m for m in ACCURACY_METRICS if run.metric(m) is not None), None)
+        default = block.get("metric") or run.primary_metric("test")
         reported = {default: reported}
     numbers = {}
     for metric, value in reported.items():

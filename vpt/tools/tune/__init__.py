@@ -9,7 +9,8 @@ See :mod:`vpt.tools.tune.protocol` for the stages and the files written, :mod:`v
 from .cli import main
 from .grid import Grid, at_edge, best_point, grid_names, load_grid, next_points, search
 from .launch import HydraLauncherRunner, SubprocessRunner, TrainRun, TuneRunError
-from .protocol import Protocol, TuneResult, TuneSettings, train_once, tune
+from .protocol import Protocol, TuneSettings, train_once, tune
+from .result import TuneResult
 from .records import prepare_run_dir, run_record
 
 __all__ = [

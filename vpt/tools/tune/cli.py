@@ -30,7 +30,8 @@ OPTION_HELP = {
     "max_extend": "rounds that grow an extendable key's range past an edge holding the pick (default: 2)",
     "jobs": "local vpt-train processes at a time, without a hydra/launcher (default: 1)",
     "out": "the tune dir (default: <paths.log_dir>/tune/<name>)",
-    "metric": "the stage-1 score in results.json (default: the config's optimized_metric, val_top1)",
+    "metric": ("the stage-1 score in results.json (default: the config's optimized_metric, else the task's primary "
+               "metric on val: val_top1, val_map)"),
     "search_seed": "the seed of the stage-1 runs (default: the config's seed)",
     "final_on_trainval": "stage 2 trains on train+val (default: true; false: VPT's FGVC protocol)",
     "eval_new": "base-to-novel: score each final run's prompt file on the new classes too (vpt-eval into <run>/new; "

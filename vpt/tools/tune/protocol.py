@@ -27,6 +27,7 @@ from .launch import (HYDRA_LOCK, NEW_CLASSES_FOLDER, NEW_CLASSES_OVERRIDES, TRAN
 from ...files import file_sha256
 from .records import (REUSE, is_launch_setting, override_key, prepare_run_dir, read_results,
                       run_record, weights_file)
+from .result import TuneResult
 from .summary import write_reports
 
 STAGE_DATA_KEY = "data.train_on_trainval"
@@ -127,7 +128,7 @@ def read_train_config(task_args: Sequence[str]) -> TrainInfo:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from ..cli import register_resolvers
+    from ..cli import optimized_metric, register_resolvers
 
     register_resolvers()
     with HYDRA_LOCK, initialize_config_module("vpt.configs", version_base="1.3"):
@@ -137,29 +138,9 @@ def read_train_config(task_args: Sequence[str]) -> TrainInfo:
             raise ConfigError(f"the vpt-train overrides do not compose: {error}") from error
     block = cfg.get("tune")
     return TrainInfo(name=str(cfg.name), log_dir=str(cfg.paths.log_dir), seed=int(cfg.seed),
-                     metric=str(cfg.get("optimized_metric") or "val_top1"),
+                     metric=optimized_metric(cfg),
                      weights=weights_file(cfg.backbone.get("pretrained")),
                      tune_block=OmegaConf.to_container(block, resolve=True) if block is not None else {})
-
-
-@dataclass
-class TuneResult:
-    out: Path
-    grid: Grid
-    metric: str
-    scores: dict[Point, float | None]
-    pick: Point | None  # None: tune.search=false over several points (each one trained, none picked)
-    search_runs: list[TrainRun]
-    final_runs: list[TrainRun]
-    rows: list = field(default_factory=list)  # vpt.tools.report rows of the final table
-
-    @property
-    def pick_settings(self) -> dict[str, Any] | None:
-        return self.grid.as_dict(self.pick) if self.pick is not None else None
-
-    @property
-    def final_results(self) -> list[dict[str, Any]]:
-        return [run.results or {} for run in self.final_runs]
 
 
 def task_overrides(args: Sequence[str], grid: Grid) -> list[str]:

@@ -36,9 +36,12 @@ def is_launch_setting(arg: str) -> bool:
 
 def weights_file(pretrained: Any) -> Path | None:
     """The local weights file ``backbone.pretrained`` names, or None (random init, a hub tag, ``true``)."""
-    if not isinstance(pretrained, (str, os.PathLike)) or isinstance(pretrained, bool):
+    from ...backbones.weights_spec import parse_weights  # here: importing vpt.backbones loads torch
+
+    spec = parse_weights(pretrained)
+    if not spec.is_file:
         return None
-    path = Path(pretrained).expanduser()
+    path = Path(spec.path)
     return path if path.is_file() else None
 
 

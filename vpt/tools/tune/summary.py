@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from ...errors import ConfigError
 from ...files import atomic_write_json
+from ...tasks import recorded_task
 from .grid import at_edge, best_point
-
-if TYPE_CHECKING:
-    from .launch import TrainRun
-    from .protocol import TuneResult
+from .launch import TrainRun
+from .result import TuneResult
 
 TUNE_FILE = "tune.json"
 SEARCH_FOLDER = "search"
@@ -22,11 +21,11 @@ def _scalars(results: dict[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in (results or {}).items() if not isinstance(value, (dict, list))}
 
 
-def summary_of(result: "TuneResult") -> dict[str, Any]:
+def summary_of(result: TuneResult) -> dict[str, Any]:
     """The contents of tune.json. Run dirs are relative to the tune dir, so the folder can move."""
     by_point = {run.point: run for run in result.search_runs}
-    tests = [run.results["test_top1"] for run in result.final_runs
-             if isinstance((run.results or {}).get("test_top1"), (int, float))]
+    test = final_test_metric(result)
+    tests = [run.results[test] for run in result.final_runs if isinstance((run.results or {}).get(test), (int, float))]
     return {
         "grid": result.grid.to_dict(),
         "metric": result.metric,
@@ -39,12 +38,18 @@ def summary_of(result: "TuneResult") -> dict[str, Any]:
                                    and best_point(result.grid, result.scores) == result.pick),
         "pick_at_edge": at_edge(result.grid, result.scores) if result.scores else [],
         "final": [{"seed": run.seed, "run_dir": run.label, **_scalars(run.results)} for run in result.final_runs],
-        "test_top1_mean": statistics.fmean(tests) if tests else None,
-        "test_top1_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
+        f"{test}_mean": statistics.fmean(tests) if tests else None,
+        f"{test}_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
     }
 
 
-def _report(runs: Sequence["TrainRun"], out: Path, group_by: list[str], metrics: list[str] | None,
+def final_test_metric(result: TuneResult) -> str:
+    """The final runs' primary test metric (test_top1, test_map): of the task their results.json records."""
+    recorded = next((run.results for run in result.final_runs if run.results), {})
+    return recorded_task(recorded).metric("test")
+
+
+def _report(runs: Sequence[TrainRun], out: Path, group_by: list[str], metrics: list[str] | None,
             plots: bool) -> list:
     """vpt-report's table (and plots) of ``runs`` into ``out``; returns the table rows."""
     from ..report import collect_runs, summarise, write_plots, write_tables
@@ -63,7 +68,7 @@ def _report(runs: Sequence["TrainRun"], out: Path, group_by: list[str], metrics:
     return rows
 
 
-def write_reports(result: "TuneResult") -> None:
+def write_reports(result: TuneResult) -> None:
     """tune.json first (it never depends on the reports), then the stage-1 and final tables."""
     from ..report import to_markdown
 
