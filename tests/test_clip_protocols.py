@@ -129,3 +129,36 @@ def test_transfer_presets_train_on_imagenet_and_score_the_papers_targets(preset,
         assert set(row) == {"test_top1", "transfer_mean_top1", *(f"transfer_{t}_top1" for t in targets)}
         per_target = statistics.fmean(row[f"transfer_{t}_top1"] for t in targets)
         assert per_target == pytest.approx(row["transfer_mean_top1"], abs=0.006)
+
+
+@pytest.mark.parametrize("shots, val_shots", [(1, 1), (2, 2), (4, 4), (16, 4)])
+def test_coop_recipe_tests_the_final_model_and_draws_a_few_shot_val(shots, val_shots):
+    """Dassl's few-shot val is min(shots, 4) images per class and CoOp tests the last epoch (TEST.FINAL_MODEL)."""
+    from tests.test_coop_presets import compose_preset
+
+    cfg = compose_preset("experiment=coop/dtd", f"data.num_shots={shots}")
+    assert cfg.data.val_shots == val_shots and cfg.trainer.monitor == "last"
+    assert compose_preset("experiment=base2new_maple").trainer.monitor == "last"
+
+
+def test_val_shots_draws_k_per_class_of_the_val_split_per_seed():
+    data = {"name": "digits", "val_fraction": 0.3, "val_shots": 2}
+    first, again, other = (build_data(data, IMAGE, seed=s) for s in (0, 0, 1))
+    labels = [int(first.val[i][1]) for i in range(len(first.val))]
+    assert sorted(labels) == sorted(list(range(10)) * 2)
+    indices = lambda bundle: [bundle.val[i][0].sum().item() for i in range(len(bundle.val))]  # noqa: E731
+    assert indices(first) == indices(again) and indices(first) != indices(other)
+    with pytest.raises(ConfigError, match="val_shots and data.val_size"):
+        build_data({**data, "val_size": 10}, IMAGE, seed=0)
+
+
+def test_monitor_last_keeps_the_last_epoch_with_a_val_split(tmp_path):
+    from tests.test_coop_presets import compose_preset
+    from vpt.engine import train
+
+    common = ["experiment=coop_quickstart", "trainer.epochs=3", "data.val_fraction=0.3", "trainer.cpu_threads=1",
+              "logger=none", "trainer.progress_bar=false", "trainer.limit_train_batches=1"]
+    results = train(compose_preset(*common, "trainer.monitor=last"), output_dir=tmp_path / "last")
+    assert results["best_epoch"] == 3 and "val_top1" in results
+    with pytest.raises(ConfigError, match=r"trainer.monitor=val_acc is not a metric.*val_top1.*monitor=last"):
+        train(compose_preset(*common, "trainer.monitor=val_acc"), output_dir=tmp_path / "typo")

@@ -40,6 +40,7 @@ class DataSpec:
     num_shots: int | None = None
     train_size: int | None = None
     val_size: int | None = None
+    val_shots: int | None = None  # k images per class of the val split, drawn per seed (CoOp: min(num_shots, 4))
     train_on_trainval: bool = False
     val_fraction: float = 0.0
     cache: bool | None = None  # None: cache when the decoded splits fit in memory comfortably
@@ -85,7 +86,7 @@ class DataSpec:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        for key in ("num_shots", "train_size", "val_size", "max_per_class_test"):
+        for key in ("num_shots", "train_size", "val_size", "val_shots", "max_per_class_test"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"data.{key} must be a positive integer or null, got {value!r}")
@@ -94,6 +95,8 @@ class DataSpec:
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         self._check_custom()
+        if self.val_shots is not None and self.val_size is not None:
+            raise ConfigError("data.val_shots and data.val_size both pick the val samples; set only one")
         if self.num_shots is not None and self.train_size is not None:
             raise ConfigError("data.num_shots and data.train_size both pick the training samples; set only one")
         if not isinstance(self.skip_bad_images, bool):

@@ -63,6 +63,9 @@ def task_of(cfg: DictConfig):
     return task_from_config(cfg.task)
 
 
+LAST_EPOCH = "last"  # trainer.monitor=last: best/ is the last epoch even with a held-out val split
+
+
 class Trainer:
     """One experiment: data, model, optimiser and the epoch loop, configured by the composed config."""
 
@@ -208,8 +211,14 @@ class Trainer:
 
     def monitor_score(self, metrics: Mapping[str, Any]) -> float | None:
         monitor = metric_setting(self.trainer_cfg.get("monitor"), self.task, "val")
+        if monitor == LAST_EPOCH:
+            return None  # best/ = the last epoch, as CoOp / Dassl test the final model
         if monitor.startswith("val_") and not self.val_held_out:
             return None  # val is trained on (or absent): picking a checkpoint on it would select on training data
+        if monitor not in metrics:  # a misspelt key would otherwise keep the last epoch without a word
+            known = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, (int, float))))
+            raise ConfigError(f"trainer.monitor={monitor} is not a metric of this run's epochs ({known}); pick one of "
+                              f"them, or trainer.monitor={LAST_EPOCH} for the last epoch")
         return metrics.get(monitor)
 
     def save_checkpoints(self, metrics: dict[str, Any]) -> None:

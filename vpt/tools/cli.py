@@ -51,7 +51,14 @@ def pixels_at(size: int, image_size: int) -> int:
     return max(1, round(int(size) * int(image_size) / REFERENCE_IMAGE_SIZE))
 
 
-RESOLVERS = {"vpt_asset": asset_path, "vpt_pixels": pixels_at}
+def smallest(*values):
+    """``${vpt_min:${data.num_shots},4}``: the smallest of the values given (null ones left out; all null: null),
+    CoOp's few-shot val size per class."""
+    given = [int(value) for value in values if value is not None]
+    return min(given) if given else None
+
+
+RESOLVERS = {"vpt_asset": asset_path, "vpt_pixels": pixels_at, "vpt_min": smallest}
 
 
 def register_resolvers() -> None:
