@@ -6,13 +6,13 @@ import vpt
 from vpt import PromptBank, PromptConfig, PromptedModel
 
 
-def assert_rows_equal_each_task_alone(logits, tasks, names, x):
+def assert_rows_equal_each_task_alone(logits, tasks, names, x, rtol=0.0):
     """Row i of the bank's mixed batch equals task names[i] run alone on x[i]; the other tasks' classes are -inf."""
     for i, name in enumerate(names):
         with torch.no_grad():
             alone = tasks[name](x[i:i + 1])[0]
         c = alone.shape[0]
-        torch.testing.assert_close(logits[i, :c], alone, rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits[i, :c], alone, rtol=rtol, atol=1e-5)
         assert torch.isinf(logits[i, c:]).all()
 
 
@@ -43,6 +43,22 @@ def test_mixed_batch_equals_each_task_alone(tmp_path, tiny_vit_factory):
     logits = bank(x, names)
     assert logits.shape == (len(names), 7)
     assert_rows_equal_each_task_alone(logits, tasks, names, x)
+
+
+def test_mlp_heads_and_side_networks_share_a_mixed_batch(tiny_vit_factory):
+    """MLP-k and Sidetune keep the backbone frozen: their hidden layers / side networks run on their own rows."""
+    vit = tiny_vit_factory()
+    tasks = {"mlp3": _task(vit, "mlp", 4, k=3), "side": _task(vit, "sidetune", 3, side="conv"),
+             "deep": _task(vit, "deep", 5, length=4), "linear": _task(vit, "linear", 2)}
+    bank = PromptBank(vit)
+    for name, model in tasks.items():
+        bank.add_task(name, model)
+    names = ["side", "mlp3", "linear", "deep", "mlp3", "side"]
+    x = torch.randn(len(names), 3, 32, 32)
+    # rtol: the randomised side network gives logits of ~1e4, where float32 rounding alone is ~1e-3
+    assert_rows_equal_each_task_alone(bank(x, names), tasks, names, x, rtol=1e-5)
+    only_linear = bank(x[:2], ["linear", "deep"])  # no per-task step in the batch: the stacked heads alone
+    assert_rows_equal_each_task_alone(only_linear, tasks, ["linear", "deep"], x[:2])
 
 
 def test_tasks_added_and_removed_at_run_time(tiny_vit_factory):

@@ -79,10 +79,13 @@ def logits(model, features):
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+BANKED = ("mlp", "sidetune")  # the backbone stays frozen and untouched: a bank runs their heads / side nets per task
+
+
 def test_zoo_methods_are_registered_with_their_own_options():
     for name in ZOO:
         method = get_method(name)
-        assert not method.shareable_in_bank
+        assert method.shareable_in_bank == (name in BANKED)
         assert vpt.PromptConfig(name).to_dict()["method"] == name
     assert get_method("lora").fields == ("rank", "alpha", "dropout", "targets")
 
@@ -239,8 +242,13 @@ def test_prompt_file_round_trip(method, tmp_path):
     loaded = vpt.PromptedModel.from_prompt_file(tmp_path / "p", backbone=fresh).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(IMAGES), model(IMAGES), rtol=1e-5, atol=1e-5)
+    bank = vpt.PromptBank(for_bank)
+    if method in BANKED:  # served beside the others, equal to the model alone
+        bank.add_task("zoo", tmp_path / "p")
+        torch.testing.assert_close(bank(IMAGES, ["zoo", "zoo"]), model(IMAGES).detach(), rtol=1e-5, atol=1e-5)
+        return
     with pytest.raises(vpt.ConfigError, match=f"task 'zoo' .*prompt={method}.*run it alone"):
-        vpt.PromptBank(for_bank).add_task("zoo", tmp_path / "p")
+        bank.add_task("zoo", tmp_path / "p")
 
 
 @pytest.mark.parametrize("method", ZOO)

@@ -1,7 +1,8 @@
 """Multi-task prompt bank: one frozen backbone, many prompt files, mixed-task batches in one forward pass.
 
 Each task brings token prompts (any length, any prompted layers), a pixel prompt, or neither, plus its own
-head. CLIP prompt-learning tasks fit too: a CoOp / IVLP / MaPLe head at inference is a fixed class-embedding matrix
+head; a head may have hidden layers (MLP-k) and a task may mix a side network into the pooled feature (Sidetune):
+those run per task on that task's rows. CLIP prompt-learning tasks fit too: a CoOp / IVLP / MaPLe head at inference is a fixed class-embedding matrix
 (the text tower runs once per class set, when the task is added), and IVLP / MaPLe vision prompts are fixed token
 prompts; CoCoOp is refused (its text context depends on each image). For a batch, per-layer prompts are gathered per sample from a padded stack; a task's unused
 (padding) prompt slots are hidden from attention with an additive key bias, so each sample's output
@@ -19,7 +20,7 @@ from torch import nn
 from .backbones import BackboneAdapter, wrap_model
 from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
-from .methods import get_method
+from .methods import Method, get_method
 from .model import PromptedModel, check_images
 from .prompt_file import check_backbone, read_prompt_file
 
@@ -31,6 +32,8 @@ class _Task:
     pixel: torch.Tensor | None  # (3, H, W) additive image
     head: dict
     class_names: list[str] | None
+    model: PromptedModel | None = None  # kept when the task changes the pooled feature (Sidetune's side network)
+    projection: nn.Module | None = None  # a head's hidden layers before its last linear layer (MLP-k)
 
 
 class PromptBank(nn.Module):
@@ -77,8 +80,11 @@ class PromptBank(nn.Module):
         spec = model.head.head_spec() if hasattr(model.head, "head_spec") else None
         if spec is None:
             raise ConfigError(f"task {name!r} has no linear or zero-shot head")
+        projection = spec.pop("projection", None)
         spec = {k: (v.detach().to(device) if torch.is_tensor(v) else v) for k, v in spec.items()}
-        self._tasks[name] = _Task(name, prompts, pixel, spec, model.class_names)
+        mixes_features = type(model.method).features is not Method.features  # e.g. Sidetune's side network
+        self._tasks[name] = _Task(name, prompts, pixel, spec, model.class_names,
+                                  model if mixes_features else None, projection)
         self._stack = None
 
     @staticmethod
@@ -86,7 +92,8 @@ class PromptBank(nn.Module):
         why = method.bank_refusal()
         if why is not None:
             raise ConfigError(f"task {name!r} {why} (prompt={method_name}); a bank shares one frozen backbone, so "
-                              "only prompt, linear-probe, zero-shot and CLIP-prompt (CoOp, IVLP, MaPLe) tasks fit: "
+                              "only tasks that leave it untouched fit (prompts, linear / MLP-k / zero-shot heads, "
+                              "Sidetune's side network, CoOp / IVLP / MaPLe): "
                               "run it alone (PromptedModel.from_prompt_file)")
 
     def remove_task(self, name: str) -> None:
@@ -142,7 +149,8 @@ class PromptBank(nn.Module):
             bias[i, :c] = t.head["bias"]
             normalize[i] = bool(t.head["normalize"])
             scale[i] = float(t.head["scale"])
-        return {"names": [t.name for t in tasks], "max_len": max_len, "first_layer": first_layer, "layers": layers,
+        per_task = {i: t for i, t in enumerate(tasks) if t.model is not None or t.projection is not None}
+        return {"names": [t.name for t in tasks], "max_len": max_len, "per_task": per_task, "first_layer": first_layer, "layers": layers,
                 "visible": visible, "needs_mask": needs_mask, "pixel": pixel, "has_pixel": any(t.pixel is not None for t in tasks),
                 "weight": weight, "bias": bias, "normalize": normalize, "scale": scale,
                 "any_normalize": bool(normalize.any()), "input_size": self.backbone.data_config()["input_size"]}
@@ -199,12 +207,33 @@ class PromptBank(nn.Module):
             images = images + stack["pixel"][index].to(images.dtype)
         prompts = _BatchPrompts(stack, index, backbone) if stack["layers"] else None
         tokens = run_layers(backbone, backbone.embed(images), prompts, "prefix" if backbone.pools_first_token else "all")
-        return backbone.finish(tokens)[0]
+        features = backbone.finish(tokens)[0]
+        return self._per_task(index, features, lambda task, rows: task.model.method.features(
+            task.model, images[rows], features[rows]) if task.model is not None else None)
+
+    def _per_task(self, index: torch.Tensor, features: torch.Tensor, step) -> torch.Tensor:
+        """``features`` with ``step(task, rows)`` (when not None) in the rows of each task that has a per-task
+        step; one call per such task present in the batch."""
+        per_task = self._stack["per_task"]
+        if not per_task:
+            return features
+        present = set(torch.unique(index).tolist()) & set(per_task)  # one host read: the bank is inference-only
+        if not present:
+            return features
+        out = features.clone()
+        for i in sorted(present):
+            rows = index == i
+            changed = step(per_task[i], rows)
+            if changed is not None:
+                out[rows] = changed.to(out.dtype)
+        return out
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, tasks: Sequence[str] | torch.Tensor) -> torch.Tensor:
         index = self._checked_index(images, tasks)
         features = self._features(images, index).float()
+        features = self._per_task(index, features, lambda task, rows: task.projection(features[rows])
+                                  if task.projection is not None else None)  # MLP-k's hidden layers
         stack = self._stack
         if stack["any_normalize"]:
             features = torch.where(stack["normalize"][index][:, None], F.normalize(features, dim=-1), features)

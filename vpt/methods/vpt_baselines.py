@@ -68,6 +68,11 @@ class MlpHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.last_layer(self.projection(features))
 
+    def head_spec(self) -> dict:
+        """The bank's form: the last layer as a linear head, after this task's hidden layers (``projection``)."""
+        return {"weight": self.last_layer.weight, "bias": self.last_layer.bias, "normalize": False, "scale": 1.0,
+                "projection": self.projection}
+
 
 class MlpProbe(Method):
     """MLP-k: a k-layer MLP head on the frozen backbone's pooled feature."""
@@ -83,7 +88,7 @@ class MlpProbe(Method):
         return MlpHead(in_features, num_classes, cfg.k, float(cfg.dropout))
 
     def bank_refusal(self):
-        return "has an MLP head (the bank batches linear and zero-shot heads)"
+        return None  # the bank runs each task's hidden layers on its rows, then the last layer as a linear head
 
 
 @dataclass
@@ -142,7 +147,7 @@ class Sidetune(Method):
         return model.side(images, features)
 
     def bank_refusal(self):
-        return "has a side network (the bank runs one encoder for every task)"
+        return None  # the backbone stays frozen: the bank runs each task's side network on its rows
 
 
 for _method in (PartialTuning(), MlpProbe(), Sidetune()):
