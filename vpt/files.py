@@ -94,8 +94,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    text = json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n"
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """``indent=None``: one line, for large files (COCO annotations and detection results)."""
+    text = json.dumps(json_safe(obj), indent=indent, default=str, allow_nan=False) + "\n"
     return atomic_write(path, text)
 
 
