@@ -109,12 +109,12 @@ class DetectionTask(Task):
         torch.manual_seed(int(cfg.seed))
         encoder = PromptedModel(backbone, prompt, num_classes=0, class_names=None)
         size = cfg.data.get("image_size") or encoder.input_size[1]
-        from .prompt_files import DetectorModel
+        from .detector_model import DetectorModel
 
         return DetectorModel.build(encoder, data.class_names, detector_config(task, int(size)))
 
     def load_prompt_file(self, path, pretrained: Any = None):
-        from .prompt_files import DetectorModel
+        from .detector_model import DetectorModel
 
         return DetectorModel.from_prompt_file(path, pretrained=pretrained or None)
 

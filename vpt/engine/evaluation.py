@@ -18,6 +18,7 @@ from ..files import atomic_write
 from ..loggers import RunFiles, write_json
 from ..prompt_file import read_prompt_file
 from ..tasks import get_task
+from ..tuned import TunedModel
 from .build import input_data_config
 from .console import format_metrics
 from .runtime import autocast_for, configure_cpu, resolve_device, seed_everything, to_plain
@@ -112,7 +113,7 @@ def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None =
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.trainer.device)
     configure_cpu(cfg.trainer, device)
-    model = task.load_prompt_file(cfg.prompt_file, pretrained=cfg.get("pretrained") or False)
+    model: TunedModel = task.load_prompt_file(cfg.prompt_file, pretrained=cfg.get("pretrained") or False)
     data = task.build_data(data_cfg, input_data_config(model.backbone), data_seed)
     model = task.model_for_data(model, data, cfg.prompt_file)
     name = data_cfg.get("name", cfg.data.name)

@@ -30,6 +30,7 @@ from ..files import RunLock, atomic_write, check_run_dir, update_latest_link
 from ..loggers import RunFiles, Tracker
 from .sweep import in_multirun, run_position
 from ..tasks import limited, task_from_config
+from ..tuned import TunedModel
 from . import checkpoints, distributed
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
 from .console import format_metrics, progress_bar
@@ -81,7 +82,7 @@ class Trainer:
 
         backbone = build_backbone(cfg.backbone, **self.task.backbone_options(cfg.backbone))
         self.data = self.task.build_data(to_plain(cfg.data), input_data_config(backbone), self.seed)
-        self.model = self.task.build_model(cfg, backbone, self.data).to(self.device)
+        self.model: TunedModel = self.task.build_model(cfg, backbone, self.data).to(self.device)
         compile_model = torch.compile if self.trainer_cfg.compile else (lambda module: module)
         self.forward = compile_model(distributed.wrap_model(self.model, self.dist, self.device))
         # evaluation runs on rank 0 alone: never through DDP, whose collectives would wait for the other ranks
