@@ -306,6 +306,23 @@ def test_overwrite_moves_old_results_aside(tmp_path):
     assert second != aside and (aside / "results.json").is_file() and (second / "results.json").is_file()
 
 
+def test_overwrite_moves_what_the_run_made_with_its_results(tmp_path):
+    """A task's predictions, vpt-tune's new-class evaluation of best/, the tracker's files: the old run's, moved with
+    it; the log Hydra has open for the new run stays."""
+    from vpt import run_files
+
+    _finished_run(tmp_path)
+    made = [run_files.predictions_file("val"), run_files.predictions_folder("test"), run_files.NEW_CLASSES,
+            run_files.TRACKER]
+    for name in made:
+        (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("[]")
+    (tmp_path / "vpt-train.log").write_text("the new run's log")
+    assert set(made) <= set(run_files.run_outputs(tmp_path))
+    aside = files.check_run_dir(tmp_path, resume=False, overwrite=True)
+    assert set(made) <= {p.name for p in aside.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([aside.name, "vpt-train.log"])
+
+
 def test_resume_and_overwrite_together_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="pass only one"):
         files.check_run_dir(tmp_path, resume=True, overwrite=True)

@@ -117,3 +117,19 @@ def test_detection_batches_come_from_the_one_device_loader():
     first = [t["image_id"] for _, batch in loaders["train"] for t in batch]
     loaders["train"].reseed(7)
     assert [t["image_id"] for _, batch in loaders["train"] for t in batch] == first
+
+
+def test_overwrite_moves_every_output_of_a_detection_run_aside(tmp_path):
+    """trainer.overwrite=true moves the finished run's predictions with its results: none is left to be taken for
+    the new run's (vpt.run_files names them all)."""
+    from vpt import run_files
+
+    run, settings = tmp_path / "run", ("experiment=shapes_detection", "prompt=linear", *TINY, *SHAPES)
+    train(config(*settings), run)
+    written = {p.name for p in run.iterdir()} - {run_files.LOCK, run_files.HYDRA}
+    assert {"predictions_val.json", "predictions_val", "predictions_test.json", "predictions_test"} <= written
+    train(config(*settings, "trainer.overwrite=true"), run)
+    [aside] = [p for p in run.iterdir() if p.name.startswith(run_files.REPLACED_PREFIX)]
+    assert {p.name for p in aside.iterdir()} == written  # every output of the first run, nothing left behind
+    assert len(list((aside / "predictions_test").glob("*.png"))) == 4
+    assert (run / "predictions_test.json").is_file() and (run / run_files.RESULTS).is_file()  # the new run's own

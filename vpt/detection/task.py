@@ -19,6 +19,7 @@ from ..config import PromptConfig
 from ..data.loaders import DeviceDataLoader
 from ..errors import ConfigError
 from ..model import PromptedModel
+from ..run_files import predictions_file, predictions_folder
 from ..tasks.base import Task, limited, register_task
 from .transforms import collate_detection, move_detection_batch
 
@@ -157,10 +158,10 @@ class DetectionTask(Task):
                 "annotations": [a for a in coco["annotations"] if a["image_id"] in seen]}
         metrics = coco_evaluate(coco, results)
         if run_dir is not None:
-            write_predictions(Path(run_dir) / f"predictions_{split}.json", results)
+            write_predictions(Path(run_dir) / predictions_file(split), results)
             for n, (image, prediction, target) in enumerate(drawn):
                 draw_predictions(image.cpu(), prediction, {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()},
-                                 Path(run_dir) / f"predictions_{split}" / f"{n}.png", class_names=data.class_names)
+                                 Path(run_dir) / predictions_folder(split) / f"{n}.png", class_names=data.class_names)
         return {**metrics, "count": len(ids)}
 
 

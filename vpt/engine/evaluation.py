@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from .. import run_files
 from ..files import atomic_write
 from ..loggers import RunFiles, write_json
 from ..prompt_file import read_prompt_file
@@ -45,11 +46,11 @@ def recorded_data(manifest: dict[str, Any], prompt_file) -> tuple[dict[str, Any]
     if isinstance(manifest.get("data"), dict):
         return manifest["data"], manifest.get("data_seed"), manifest.get("data_choice"), "the prompt file"
     run_dir = Path(prompt_file).resolve().parent
-    config = run_dir / "config.yaml"
+    config = run_dir / run_files.CONFIG
     if config.is_file():
         saved = OmegaConf.to_container(OmegaConf.load(config))
         if isinstance(saved, dict) and isinstance(saved.get("data"), dict):
-            hydra = run_dir / ".hydra" / "hydra.yaml"
+            hydra = run_dir / run_files.HYDRA / "hydra.yaml"
             choice = OmegaConf.select(OmegaConf.load(hydra), "hydra.runtime.choices.data") if hydra.is_file() else None
             return saved["data"], saved.get("seed"), choice, f"the run's {config}"
     return None, None, None, ""

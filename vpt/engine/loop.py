@@ -28,6 +28,7 @@ from ..backbones.portable import portable_config_yaml
 from ..errors import ConfigError, VptError
 from ..files import RunLock, atomic_write, check_run_dir, update_latest_link
 from ..loggers import RunFiles, Tracker
+from ..prompt_file import WEIGHTS_NAME
 from .sweep import in_multirun, run_position
 from ..tasks import limited, task_from_config
 from ..tuned import TunedModel
@@ -272,7 +273,7 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         cfg, params = self.cfg, self.model.param_summary()
         best = next((row for row in self.state.history if row["epoch"] == self.state.best_epoch), {})
-        weights = self.files.best / "prompt.safetensors"
+        weights = self.files.best / WEIGHTS_NAME
         return {
             "status": "completed", "task": self.task.name, "method": self.model.prompt_config.method,
             "backbone": self.model.backbone.name, "dataset": cfg.data.name, "seed": self.seed,

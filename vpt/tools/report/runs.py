@@ -18,17 +18,16 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from ...errors import ConfigError
+from ...run_files import CONFIG as CONFIG_FILE, NEW_CLASSES, RESULTS as RESULTS_FILE, TRACKER
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-CONFIG_FILE = "config.yaml"
 COMPLETED = "completed"
 # Folders that never hold a run of their own; skipping them keeps the walk fast on big sweeps.
-NOT_RUN_FOLDERS = {"wandb", "__pycache__"}
+NOT_RUN_FOLDERS = {TRACKER, "__pycache__"}
 # Base-to-novel: vpt-eval of a run's prompt file on the new classes (data.subsample_classes=new), written to
 # <run dir>/new; its test_top1 is the run's new_top1 (and the report's hm_top1), not a run of its own.
-NEW_CLASSES_FOLDER = "new"
+NEW_CLASSES_FOLDER = NEW_CLASSES
 NEW_METRIC = "new_top1"
 # Config keys that do not describe the experiment: where files went, how the run was watched or resumed.
 IGNORED_KEYS = {"seed", "output_dir", "trainer.resume", "trainer.progress_bar"}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import ConfigError, VptError
+from ...run_files import BEST, NEW_CLASSES
 from .records import RESULTS_FILE
 
 CONFIG_MODULE = "vpt.configs"
@@ -155,7 +156,7 @@ def _job_error(job: Any) -> BaseException | None:
     return None
 
 
-NEW_CLASSES_FOLDER = "new"  # vpt.tools.report reads <run dir>/new/results.json as the run's new_top1
+NEW_CLASSES_FOLDER = NEW_CLASSES  # vpt.tools.report reads <run dir>/new/results.json as the run's new_top1
 
 
 def evaluate_new_classes(run: TrainRun) -> None:
@@ -167,7 +168,7 @@ def evaluate_new_classes(run: TrainRun) -> None:
     out.mkdir(parents=True, exist_ok=True)
     executable = str(Path(sys.executable).with_name("vpt-eval"))
     executable = executable if Path(executable).exists() else "vpt-eval"
-    command = [executable, f"prompt_file={run.dir / 'best'}", "data.subsample_classes=new", "splits=[test]",
+    command = [executable, f"prompt_file={run.dir / BEST}", "data.subsample_classes=new", "splits=[test]",
                f"hydra.run.dir={out}", "trainer.progress_bar=false"]
     print(f"  evaluating {run.label} on the new classes  (log: {out / 'vpt-eval.log'})", flush=True)
     with open(out / "vpt-eval.log", "ab") as log:
