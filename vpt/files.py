@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, VptError
-from .run_files import LATEST_LINK, LOCK, REPLACED_PREFIX, RESULT_NAMES, run_outputs
+from .run_files import LATEST_LINK, LOCK, REPLACED_PREFIX, RESULT_NAMES, RESUME_STATE, run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
 
 
 # ---- resume state: <name>.safetensors + <name>.json ---------------------------------------------------------
-def state_paths(path: str | os.PathLike, name: str = "resume") -> tuple[Path, Path]:
+def state_paths(path: str | os.PathLike, name: str = RESUME_STATE) -> tuple[Path, Path]:
     """(tensors file, JSON file) for a run dir (``<dir>/resume.*``), a prefix, or either part's path."""
     path = Path(path)
     if path.is_dir():

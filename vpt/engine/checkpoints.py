@@ -29,9 +29,6 @@ class TrainState:
     train_images: int = 0
 
 
-LEGACY_RESUME_NAME = LEGACY_RESUME  # vpt < 0.2 pickled it; never read (a crafted pickle runs code)
-
-
 def resume_state_exists(run_dir: Path) -> bool:
     return any(p.exists() for p in state_paths(run_dir))
 
@@ -63,7 +60,7 @@ def load_resume_state(run_dir: Path, model, optimizer, scheduler) -> tuple[Train
 
 
 def refuse_legacy_resume_state(run_dir: Path) -> None:
-    legacy = run_dir / LEGACY_RESUME_NAME
+    legacy = run_dir / LEGACY_RESUME  # vpt < 0.2 pickled it; never read (a crafted pickle runs code)
     if legacy.exists() and not resume_state_exists(run_dir):
         raise ResumeStateError(f"{str(legacy)!r} is a resume state of vpt < 0.2, a pickle, which vpt no longer reads "
                                f"(loading a pickle can run code); {RESTART_FIX}")
