@@ -81,6 +81,36 @@ def math_inf():
     return float("inf")
 
 
+def atomic_writer_copies(source: str, filename: str) -> list[str]:
+    """Calls that hand-write a file by temp file + rename: the job of vpt.files.atomic_write alone."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            if func in ("os.replace", "os.rename") or func.endswith(("mkstemp", "NamedTemporaryFile")):
+                found.append(f"{filename}:{node.lineno} {func}")
+    return found
+
+
+def test_the_library_has_one_atomic_writer():
+    assert atomic_writer_copies("import os, tempfile\nos.replace(a, b)\ntempfile.mkstemp()\n", "bad.py") == \
+        ["bad.py:2 os.replace", "bad.py:3 tempfile.mkstemp"]
+    library = [p for p in sorted((REPO / "vpt").rglob("*.py"))
+               if p.relative_to(REPO / "vpt").parts[0] != "tools" and p.name != "files.py"]
+    copies = [hit for p in library for hit in atomic_writer_copies(p.read_text(), str(p.relative_to(REPO)))]
+    assert not copies, "write through vpt.files.atomic_write (fsynced) instead:\n" + "\n".join(copies)
+
+
+def test_detection_files_are_fsynced(tmp_path, monkeypatch):
+    from vpt.detection.evaluation import write_predictions
+
+    synced = []
+    monkeypatch.setattr(files, "_fsync", lambda path: synced.append(Path(path).name))
+    write_predictions(tmp_path / "predictions_test.json", [{"image_id": 1, "score": 0.5}])
+    assert (tmp_path / "predictions_test.json").read_text() == '[{"image_id": 1, "score": 0.5}]\n'  # one line
+    assert synced[-1] == tmp_path.name and any(n.startswith(".predictions_test.json.") for n in synced)
+
+
 def test_atomic_save_safetensors_keeps_tensors_and_metadata(tmp_path):
     from safetensors import safe_open
 
@@ -274,6 +304,23 @@ def test_overwrite_moves_old_results_aside(tmp_path):
     _finished_run(tmp_path)
     second = files.check_run_dir(tmp_path, resume=False, overwrite=True)  # same second: a fresh folder
     assert second != aside and (aside / "results.json").is_file() and (second / "results.json").is_file()
+
+
+def test_overwrite_moves_what_the_run_made_with_its_results(tmp_path):
+    """A task's predictions, vpt-tune's new-class evaluation of best/, the tracker's files: the old run's, moved with
+    it; the log Hydra has open for the new run stays."""
+    from vpt import run_files
+
+    _finished_run(tmp_path)
+    made = [run_files.predictions_file("val"), run_files.predictions_folder("test"), run_files.NEW_CLASSES,
+            run_files.TRACKER]
+    for name in made:
+        (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("[]")
+    (tmp_path / "vpt-train.log").write_text("the new run's log")
+    assert set(made) <= set(run_files.run_outputs(tmp_path))
+    aside = files.check_run_dir(tmp_path, resume=False, overwrite=True)
+    assert set(made) <= {p.name for p in aside.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([aside.name, "vpt-train.log"])
 
 
 def test_resume_and_overwrite_together_is_a_config_error(tmp_path):

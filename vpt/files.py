@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, VptError
+from .run_files import LATEST_LINK, LOCK, REPLACED_PREFIX, RESULT_NAMES, RESUME_STATE, run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    text = json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n"
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """``indent=None``: one line, for large files (COCO annotations and detection results)."""
+    text = json.dumps(json_safe(obj), indent=indent, default=str, allow_nan=False) + "\n"
     return atomic_write(path, text)
 
 
@@ -202,7 +204,7 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
 
 
 # ---- resume state: <name>.safetensors + <name>.json ---------------------------------------------------------
-def state_paths(path: str | os.PathLike, name: str = "resume") -> tuple[Path, Path]:
+def state_paths(path: str | os.PathLike, name: str = RESUME_STATE) -> tuple[Path, Path]:
     """(tensors file, JSON file) for a run dir (``<dir>/resume.*``), a prefix, or either part's path."""
     path = Path(path)
     if path.is_dir():
@@ -295,9 +297,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 # ---- one process per run dir, no silent overwrite ------------------------------------------------------------
-LOCK_NAME = ".vpt.lock"
-
-
 class RunLock:
     """``with RunLock(run_dir):`` a second process in the same dir stops at once, naming the pid holding it.
 
@@ -307,7 +306,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.dir = Path(run_dir)
-        self.path = self.dir / LOCK_NAME
+        self.path = self.dir / LOCK
         self._handle = None
 
     def __enter__(self) -> "RunLock":
@@ -340,16 +339,12 @@ class RunLock:
             self._handle = None
 
 
-RESULT_NAMES = ("results.json", "best", "last", "resume.pt", "resume.safetensors", "resume.json",
-                "metrics.jsonl", "metrics.csv")
-MOVED_ALONG = ("config.yaml",)  # not a result by itself, but it belongs with the results it made
-
-
 def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool,
                   result_names: tuple[str, ...] = RESULT_NAMES) -> Path | None:
     """Refuse to start over another run's results unless resuming it or asked to overwrite.
 
-    With ``overwrite`` the old results (and their config.yaml) are moved, never deleted, to
+    With ``overwrite`` the old results and every other output of that run (:func:`vpt.run_files.run_outputs`:
+    config.yaml, a task's predictions, ...) are moved, never deleted, to
     ``<run_dir>/replaced-<time>/``, which is returned; otherwise returns None. Call it inside ``RunLock``.
     """
     if resume and overwrite:
@@ -364,18 +359,15 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool,
         raise RunDirError(f"{str(run_dir)!r} already holds another run's results ({shown}); pass "
                           "trainer.resume=true to continue that run, or trainer.overwrite=true to replace it (the old "
                           "files are moved to a replaced-<time>/ folder, not deleted), or pick another output_dir")
-    stamp = time.strftime("replaced-%Y%m%d-%H%M%S")
+    stamp = time.strftime(f"{REPLACED_PREFIX}%Y%m%d-%H%M%S")
     aside, n = run_dir / stamp, 0
     while aside.exists():  # two overwrites within a second
         aside, n = run_dir / f"{stamp}-{n + 1}", n + 1
     aside.mkdir()
-    for name in found + [n for n in MOVED_ALONG if (run_dir / n).exists()]:
+    for name in dict.fromkeys([*found, *run_outputs(run_dir)]):  # and all the run made with them (config, ...)
         os.replace(run_dir / name, aside / name)
     log.warning("trainer.overwrite: moved the earlier results (%s) to %s", ", ".join(found), aside)
     return aside
-
-
-LATEST_LINK = "latest"
 
 
 def update_latest_link(run_dir: str | os.PathLike) -> Path | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import run_files
 from .files import atomic_write, atomic_write_json, json_safe
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,12 @@ class RunFiles:
     def __init__(self, output_dir: str | os.PathLike) -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.config = self.dir / "config.yaml"
-        self.metrics_jsonl = self.dir / "metrics.jsonl"
-        self.metrics_csv = self.dir / "metrics.csv"
-        self.results = self.dir / "results.json"
-        self.best = self.dir / "best"
-        self.last = self.dir / "last"
+        self.config = self.dir / run_files.CONFIG
+        self.metrics_jsonl = self.dir / run_files.METRICS_JSONL
+        self.metrics_csv = self.dir / run_files.METRICS_CSV
+        self.results = self.dir / run_files.RESULTS
+        self.best = self.dir / run_files.BEST
+        self.last = self.dir / run_files.LAST
 
     def write_history(self, history: Sequence[Mapping[str, Any]]) -> None:
         """Rewrite both metric files from the full history (small), so a resumed run never duplicates rows."""
@@ -128,7 +129,7 @@ def read_hydra_run_info(run_dir: str | os.PathLike) -> HydraRunInfo:
     from omegaconf import OmegaConf
 
     run_dir = Path(run_dir)
-    saved = run_dir / ".hydra"
+    saved = run_dir / run_files.HYDRA
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else _select(_load_yaml(saved / "hydra.yaml"), "hydra")
     if hydra_cfg is None:
         return HydraRunInfo(overrides=[str(o) for o in _load_yaml(saved / "overrides.yaml") or []])
@@ -189,7 +190,7 @@ def run_labels(run_dir: str | os.PathLike, name: str, run_config: Mapping[str, A
 
 def _run_id(run_dir: Path, resume: bool) -> str:
     """The id a resumed run continues (stored in the run dir); a fresh id for a run that starts over."""
-    id_file = run_dir / "wandb" / RUN_ID_FILE
+    id_file = run_dir / run_files.TRACKER / RUN_ID_FILE
     if resume and id_file.is_file():
         return id_file.read_text().strip()
     run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))

@@ -12,7 +12,8 @@ from .config import PromptConfig
 from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
 from .heads import LinearHead, ZeroShotHead, zero_shot_head_for
-from .prompt_file import check_backbone, read_prompt_file, save_prompt
+from .prompt_file import check_backbone, read_prompt_file
+from .tuned import TunedModule
 from .methods.token_prompts import TokenPrompts
 
 
@@ -63,7 +64,7 @@ def check_images(images: Any, input_size: Sequence[int], name: str, fixed_size: 
                           "mean and std; vpt.data.Preprocess does both)")
 
 
-class PromptedModel(nn.Module):
+class PromptedModel(TunedModule):
     """Wrap a frozen encoder with prompts and a head.
 
     Args:
@@ -204,12 +205,6 @@ class PromptedModel(nn.Module):
                 module.training = mode  # not recursive: a wrapped frozen module keeps eval mode
         return self
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
-
     def param_summary(self) -> dict[str, int]:
         def count(module: nn.Module | None) -> int:
             return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -275,17 +270,7 @@ class PromptedModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
-    # ---- prompt files ---------------------------------------------------------------------
-    def save_prompt(self, path, **extra: Any):
-        """Write ``path/prompt.safetensors`` (trainable tensors only) + ``path/prompt.json``; returns the directory."""
-        return save_prompt(self, path, **extra)
-
-    def load_prompt(self, path) -> "PromptedModel":
-        """Load a prompt file made for this model's backbone weights and prompt shapes."""
-        manifest, tensors = read_prompt_file(path)
-        self.load_prompt_contents(manifest, tensors, path)
-        return self
-
+    # ---- prompt files (save_prompt, load_prompt: vpt.tuned.TunedModule) ------------------------
     def load_prompt_contents(self, manifest: dict[str, Any], tensors: dict[str, torch.Tensor], path,
                              class_names_given: bool = False) -> None:
         """Load an already read prompt file (``read_prompt_file``) into this model."""
@@ -293,19 +278,7 @@ class PromptedModel(nn.Module):
         check_head = getattr(self.head, "check_manifest", None)
         if check_head is not None:  # a CLIP prompt head: same text tower, same classes (or chosen on purpose)
             check_head(manifest, path, class_names_given=class_names_given)
-        own = self.trainable_state_dict()
-        mismatched = sorted(k for k in set(own) | set(tensors)
-                            if k not in own or k not in tensors or own[k].shape != tensors[k].shape)
-        if mismatched:
-            raise PromptFileError(
-                f"prompt file {str(path)!r} (prompt {manifest['prompt']}, {manifest['head']['num_classes']} classes) does "
-                f"not fit this model (prompt {self.prompt_config.to_dict()}): mismatched tensors {mismatched[:6]}. "
-                "Build the model from the file instead: PromptedModel.from_prompt_file(path, backbone)."
-            )
-        params = dict(self.named_parameters())
-        with torch.no_grad():
-            for key, value in tensors.items():
-                params[key].copy_(value.to(params[key].dtype))
+        self.load_trainable_state_dict(tensors, source=path)
         if manifest.get("class_names") and not class_names_given:
             self.class_names = manifest["class_names"]
 

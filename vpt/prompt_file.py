@@ -18,6 +18,7 @@ import torch
 
 from .errors import PromptFileError
 from .files import atomic_save_safetensors, atomic_write_json
+from .run_files import BEST, LAST
 from .version import __version__
 
 WEIGHTS_NAME = "prompt.safetensors"
@@ -88,8 +89,8 @@ def read_prompt_file(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise PromptFileError(f"prompt file {str(path)!r} does not exist{_runs_near(Path(path))}")
     for p in (weights_path, manifest_path):
         if not p.is_file():
-            run_dir = f"; {str(path)!r} is a run dir: pass {str(Path(path) / 'best')!r} (or last)" \
-                if (Path(path) / "best" / MANIFEST_NAME).is_file() else ""
+            run_dir = f"; {str(path)!r} is a run dir: pass {str(Path(path) / BEST)!r} (or {LAST})" \
+                if (Path(path) / BEST / MANIFEST_NAME).is_file() else ""
             raise PromptFileError(f"prompt file part {str(p)!r} is missing; pass the directory written by save_prompt "
                                   f"(it holds {WEIGHTS_NAME} and {MANIFEST_NAME}){run_dir}")
     try:
@@ -111,11 +112,11 @@ def _runs_near(path: Path) -> str:
         folder = folder.parent
     if not folder.is_dir() or str(folder) in ("", "."):
         return "; pass a prompt file directory (a run's best/ or last/), e.g. outputs/<name>/latest/best"
-    runs = sorted((p.name for p in folder.iterdir() if (p / "best" / MANIFEST_NAME).is_file()), reverse=True)
+    runs = sorted((p.name for p in folder.iterdir() if (p / BEST / MANIFEST_NAME).is_file()), reverse=True)
     if not runs:
         return f"; {str(folder)!r} holds no run with a best/ prompt file"
     shown = ", ".join(runs[:6]) + (f" (+{len(runs) - 6} more)" if len(runs) > 6 else "")
-    return f"; runs in {str(folder)!r}: {shown} (pass {str(folder / runs[0] / 'best')!r})"
+    return f"; runs in {str(folder)!r}: {shown} (pass {str(folder / runs[0] / BEST)!r})"
 
 
 def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -103,7 +103,7 @@ def test_load_refuses_a_state_that_does_not_fit(make_encoder):
         detector.load_trainable_state_dict(state)
     message = str(caught.value)
     assert "missing encoder.token_prompts.embeddings" in message and "unexpected extra.weight" in message
-    assert "pyramid.levels.0.0.0.bias: saved (5,), model (24,)" in message and "Build the detector" in message
+    assert "pyramid.levels.0.0.0.bias: saved (5,), model (24,)" in message and "build the detector with the settings" in message
 
 
 def test_size_divisor_and_anchor_strides_follow_the_patch(make_encoder):

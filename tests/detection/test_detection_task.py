@@ -97,3 +97,39 @@ def test_evaluation_images_keep_their_size_so_boxes_match_the_annotations():
     assert torch.equal(target["boxes"].as_subclass(torch.Tensor),
                        torch.tensor(data.test.records[0].boxes, dtype=torch.float32).reshape(-1, 4))
     assert tuple(data.train[0][0].shape[-2:]) == (32, 32)  # training crops to the detector's size
+
+
+def test_detection_batches_come_from_the_one_device_loader():
+    """Lists of images and target dicts through vpt.data's DeviceDataLoader (pinning, sharding, reseeding alike)."""
+    from vpt.data.loaders import DeviceDataLoader
+    from vpt.tasks import get_task
+
+    data_cfg = {"name": "shapes", "format": "shapes", "train_size": 6, "val_size": 0, "test_size": 6, "shapes_size": 32}
+    loaders = get_task("detection").build_data(data_cfg, {"input_size": (3, 32, 32)}, seed=0).loaders(4, seed=0)
+    assert {split: type(loader) for split, loader in loaders.items()} == {"train": DeviceDataLoader,
+                                                                          "test": DeviceDataLoader}
+    images, targets = next(iter(loaders["test"]))
+    assert len(images) == len(targets) == 4 and all(image.dtype == torch.float32 for image in images)
+    assert torch.is_tensor(targets[0]["boxes"]) and isinstance(targets[0]["image_id"], int)
+    halves = [next(iter(loaders["test"].sharded(rank, 2)))[1] for rank in range(2)]  # torchrun's two ranks
+    assert [t["image_id"] for half in halves for t in half] == [t["image_id"] for t in targets]
+    loaders["train"].reseed(7)
+    first = [t["image_id"] for _, batch in loaders["train"] for t in batch]
+    loaders["train"].reseed(7)
+    assert [t["image_id"] for _, batch in loaders["train"] for t in batch] == first
+
+
+def test_overwrite_moves_every_output_of_a_detection_run_aside(tmp_path):
+    """trainer.overwrite=true moves the finished run's predictions with its results: none is left to be taken for
+    the new run's (vpt.run_files names them all)."""
+    from vpt import run_files
+
+    run, settings = tmp_path / "run", ("experiment=shapes_detection", "prompt=linear", *TINY, *SHAPES)
+    train(config(*settings), run)
+    written = {p.name for p in run.iterdir()} - {run_files.LOCK, run_files.HYDRA}
+    assert {"predictions_val.json", "predictions_val", "predictions_test.json", "predictions_test"} <= written
+    train(config(*settings, "trainer.overwrite=true"), run)
+    [aside] = [p for p in run.iterdir() if p.name.startswith(run_files.REPLACED_PREFIX)]
+    assert {p.name for p in aside.iterdir()} == written  # every output of the first run, nothing left behind
+    assert len(list((aside / "predictions_test").glob("*.png"))) == 4
+    assert (run / "predictions_test.json").is_file() and (run / run_files.RESULTS).is_file()  # the new run's own

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -136,26 +136,41 @@ class DeviceBatchLoader:
             yield images, self.labels.index_select(0, indices)
 
 
+def move_pair(batch: Batch, device: torch.device) -> Batch:
+    """``(images, labels)`` onto ``device``; from pinned memory (CUDA) the copies overlap the next batch's work."""
+    images, labels = batch
+    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
 class DeviceDataLoader:
     """A torch DataLoader whose batches are moved to ``device`` (so both loader kinds yield alike).
 
-    ``sharded(rank, world_size)``: one torchrun rank's slice of every batch (see :mod:`vpt.engine.distributed`).
+    ``collate_fn`` and ``move(batch, device)`` say how samples become a batch and how a batch moves to the device
+    (default: stacked ``(images, labels)``; detection passes lists of images and target dicts). On CUDA the
+    batches come from pinned memory. ``sharded(rank, world_size)``: one torchrun rank's slice of every batch (see
+    :mod:`vpt.engine.distributed`).
     """
 
     shard_weight = 1.0  # this rank's loss weight for the batch last yielded (1.0 unsharded)
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
-                 device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False):
+                 device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False,
+                 collate_fn: Callable[[list[Any]], Any] | None = None,
+                 move: Callable[[Any, torch.device], Any] = move_pair):
         self.device = torch.device(device)
         self.options = dict(dataset=dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                            device=device, seed=seed)
+                            device=device, seed=seed, collate_fn=collate_fn, move=move)
+        self.move = move
         self.sampler: ShardedBatchSampler | None = None
         self.weights: list[float] = []
-        self.loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-            generator=torch.Generator().manual_seed(seed), pin_memory=self.device.type == "cuda",
-            persistent_workers=num_workers > 0,
-        )
+        self.loader = self._data_loader(torch.Generator().manual_seed(seed), batch_size=batch_size, shuffle=shuffle,
+                                        drop_last=drop_last)
+
+    def _data_loader(self, generator: torch.Generator, **batching: Any) -> DataLoader:
+        options = self.options
+        return DataLoader(options["dataset"], num_workers=options["num_workers"], collate_fn=options["collate_fn"],
+                          generator=generator, pin_memory=self.device.type == "cuda",
+                          persistent_workers=options["num_workers"] > 0, **batching)
 
     def sharded(self, rank: int, world_size: int) -> "DeviceDataLoader":
         """This rank's view: a batch sampler slicing the global batches (the same on every rank); the
@@ -164,16 +179,13 @@ class DeviceDataLoader:
 
         options = self.options
         view = DeviceDataLoader.__new__(DeviceDataLoader)
-        view.device, view.options = self.device, options
+        view.device, view.options, view.move = self.device, options, self.move
         count, batch_size = len(options["dataset"]), options["batch_size"]
         view.sampler = ShardedBatchSampler(count, batch_size, options["shuffle"], rank, world_size,
                                            torch.Generator().manual_seed(options["seed"]))
         view.weights = shard_weights(count, batch_size, rank, world_size)
-        view.loader = DataLoader(
-            options["dataset"], batch_sampler=view.sampler, num_workers=options["num_workers"],
-            generator=torch.Generator().manual_seed(derive_seed(options["seed"], rank)),
-            pin_memory=self.device.type == "cuda", persistent_workers=options["num_workers"] > 0,
-        )
+        view.loader = view._data_loader(torch.Generator().manual_seed(derive_seed(options["seed"], rank)),
+                                        batch_sampler=view.sampler)
         return view
 
     def reseed(self, seed: int) -> None:
@@ -188,11 +200,11 @@ class DeviceDataLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[Batch]:
-        for step, (images, labels) in enumerate(self.loader):
+    def __iter__(self) -> Iterator[Any]:
+        for step, batch in enumerate(self.loader):
             if self.sampler is not None:
                 self.shard_weight = self.weights[step]
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            yield self.move(batch, self.device)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0,

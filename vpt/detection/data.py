@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..errors import ConfigError
-from .io import png_bytes, read_rgb, write_bytes_atomic, write_json_atomic
+from ..files import atomic_write, atomic_write_json
+from .io import png_bytes, read_rgb
 
 Transforms = Callable[[Any, Any], tuple[Any, Any]]
 
@@ -117,9 +118,9 @@ def write_coco(dataset: DetectionDataset, directory: str | Path) -> Path:
     coco = dataset.to_coco()
     for index, image in enumerate(coco["images"]):
         image["file_name"] = f"{image['id']}.png"
-        write_bytes_atomic(directory / "images" / image["file_name"], png_bytes(dataset.load_image(index)))
+        atomic_write(directory / "images" / image["file_name"], png_bytes(dataset.load_image(index)))
     path = directory / "annotations.json"
-    write_json_atomic(path, coco)
+    atomic_write_json(path, coco, indent=None)
     return path
 
 

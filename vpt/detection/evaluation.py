@@ -10,7 +10,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
-from .io import png_bytes, write_bytes_atomic, write_json_atomic
+from ..files import atomic_write, atomic_write_json
+from .io import png_bytes
 
 METRICS = ("map", "ap50", "ap75", "ar100")
 _STATS_INDEX = {"map": 0, "ap50": 1, "ap75": 2, "ar100": 8}  # positions in COCOeval.stats
@@ -65,7 +66,7 @@ def predictions_to_coco(outputs: Sequence[Mapping[str, torch.Tensor]], image_ids
 
 def write_predictions(path: str | Path, results: Sequence[Mapping[str, Any]]) -> Path:
     """A COCO results json (``predictions_<split>.json``), written atomically."""
-    return write_json_atomic(path, list(results))
+    return atomic_write_json(path, list(results), indent=None)
 
 
 def draw_predictions(image: torch.Tensor, prediction: Mapping[str, torch.Tensor],
@@ -92,4 +93,4 @@ def draw_predictions(image: torch.Tensor, prediction: Mapping[str, torch.Tensor]
                     zip(prediction["labels"].cpu()[keep].tolist(), prediction["scores"].cpu()[keep].tolist())]
         pixels = draw_bounding_boxes(pixels, prediction["boxes"].detach().cpu().float()[keep], labels=captions,
                                      colors=(255, 0, 0), width=1)
-    return write_bytes_atomic(path, png_bytes(pixels))
+    return atomic_write(path, png_bytes(pixels))

@@ -1,30 +1,11 @@
-"""Image and json files: atomic writes (a killed process leaves the previous file or none, never half of
-one) and PIL-based PNG reading and writing."""
+"""Image files: PIL-based PNG reading and writing (files are written by :mod:`vpt.files`' atomic writer)."""
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torchvision.transforms.functional import pil_to_tensor
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_rgb(path: str | Path) -> torch.Tensor:
@@ -43,6 +24,3 @@ def png_bytes(pixels: torch.Tensor) -> bytes:
     Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG")
     return buffer.getvalue()
 
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    return write_bytes_atomic(path, (json.dumps(data) + "\n").encode())

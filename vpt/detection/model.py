@@ -17,9 +17,10 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..errors import ConfigError, PromptFileError
+from ..errors import ConfigError
 from ..model import PromptedModel
 from ..registry import Registry
+from ..tuned import TrainableState
 from .pyramid import SUPPORTED_SCALES, TOP_LEVEL_NAME, SimpleFeaturePyramid
 
 #: torchvision detector heads by name (one Registry, as methods and tasks: unknown names get a did-you-mean)
@@ -101,7 +102,7 @@ def _resize_range(encoder: PromptedModel, min_size: int | Sequence[int] | None,
     return min_size, max_size or round(largest * 1333 / 800)
 
 
-class PromptedDetector(nn.Module):
+class PromptedDetector(TrainableState):
     """A prompted ViT encoder + ViTDet pyramid + torchvision detector.
 
     Args:
@@ -187,29 +188,6 @@ class PromptedDetector(nn.Module):
             outputs = [{**output, "labels": output["labels"] + self.label_offset} for output in outputs]
         return outputs
 
-    # ---- trainable state --------------------------------------------------------------------
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Prompts (``encoder.*``, plus backbone tensors for full / bias tuning), ``pyramid.*``, ``detector.*``."""
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy tensors saved by :meth:`trainable_state_dict`; keys and shapes must match exactly."""
-        own = dict((name, p) for name, p in self.named_parameters() if p.requires_grad)
-        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-        wrong = sorted(f"{k}: saved {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-                       for k in own.keys() & state.keys() if tuple(state[k].shape) != tuple(own[k].shape))
-        if missing or unexpected or wrong:
-            def few(items: list[str]) -> str:
-                return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
-
-            problems = [f"{label} {few(items)}" for label, items in
-                        (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if items]
-            raise PromptFileError("trainable detector state does not fit this model: " + "; ".join(problems)
-                                  + ". Build the detector with the settings it was saved with (backbone, prompt, "
-                                  "detector, num_classes, pyramid)")
-        for name, param in own.items():
-            param.copy_(state[name])
+    def mismatch_fix(self) -> str:
+        return ("build the detector with the settings it was saved with (backbone, prompt, detector, num_classes, "
+                "pyramid)")

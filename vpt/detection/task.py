@@ -13,12 +13,15 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..config import PromptConfig
+from ..data.loaders import DeviceDataLoader
 from ..errors import ConfigError
 from ..model import PromptedModel
+from ..run_files import predictions_file, predictions_folder
 from ..tasks.base import Task, limited, register_task
+from .transforms import collate_detection, move_detection_batch
 
 DRAWN_IMAGES = 4  # images drawn per evaluated split
 
@@ -36,65 +39,16 @@ class DetectionData:
         return len(self.class_names)
 
     def loaders(self, batch_size: int, num_workers: int = 0, device: str | torch.device = "cpu", seed: int = 0,
-                eval_batch_size: int | None = None) -> dict[str, "DetectionLoader"]:
+                eval_batch_size: int | None = None) -> dict[str, DeviceDataLoader]:
+        """Lists of images and target dicts on ``device``; ``sharded(rank, world_size)`` for torchrun."""
         loaders = {}
         for split in ("train", "val", "test"):
             dataset = getattr(self, split)
             if dataset is not None:
                 size = batch_size if split == "train" else (eval_batch_size or batch_size)
-                loaders[split] = DetectionLoader(dataset, size, split == "train", num_workers, device, seed)
+                loaders[split] = DeviceDataLoader(dataset, size, split == "train", num_workers, device, seed,
+                                                  collate_fn=collate_detection, move=move_detection_batch)
         return loaders
-
-
-class DetectionLoader:
-    """Lists of images and targets on the device; ``generator`` drives shuffling and augmentation (reseeded per
-    epoch by the loop). ``sharded(rank, world_size)``: one torchrun rank's slice of every batch."""
-
-    shard_weight = 1.0  # this rank's loss weight for the batch last yielded (1.0 unsharded)
-
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, device, seed: int,
-                 shard: tuple[int, int] | None = None) -> None:
-        from ..data.loaders import ShardedBatchSampler, shard_weights
-        from . import collate_detection
-        from ..engine.runtime import derive_seed
-
-        self.options = (dataset, batch_size, shuffle, num_workers, device, seed)
-        self.device = torch.device(device)
-        self.sampler, self.weights = None, []
-        if shard is None:
-            self.generator = torch.Generator().manual_seed(seed)
-            self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                                     collate_fn=collate_detection, generator=self.generator)
-            return
-        rank, world_size = shard  # same global batches on every rank (sampler), augmentation seeds per rank
-        self.sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle, rank, world_size,
-                                           torch.Generator().manual_seed(seed))
-        self.weights = shard_weights(len(dataset), batch_size, rank, world_size)
-        self.generator = torch.Generator().manual_seed(derive_seed(seed, rank))
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,
-                                 collate_fn=collate_detection, generator=self.generator)
-
-    def sharded(self, rank: int, world_size: int) -> "DetectionLoader":
-        return DetectionLoader(*self.options, shard=(rank, world_size))
-
-    def reseed(self, seed: int) -> None:
-        from ..engine.runtime import derive_seed
-
-        if self.sampler is None:
-            self.generator.manual_seed(seed)
-            return
-        self.sampler.generator.manual_seed(seed)
-        self.generator.manual_seed(derive_seed(seed, self.sampler.rank))
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for step, (images, targets) in enumerate(self.loader):
-            if self.sampler is not None:
-                self.shard_weight = self.weights[step]
-            yield ([image.to(self.device, non_blocking=True) for image in images],
-                   [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets])
 
 
 def _datasets(data_cfg: dict[str, Any], size: int, seed: int) -> dict[str, Dataset | None]:
@@ -157,12 +111,12 @@ class DetectionTask(Task):
         torch.manual_seed(int(cfg.seed))
         encoder = PromptedModel(backbone, prompt, num_classes=0, class_names=None)
         size = cfg.data.get("image_size") or encoder.input_size[1]
-        from .prompt_files import DetectorModel
+        from .detector_model import DetectorModel
 
         return DetectorModel.build(encoder, data.class_names, detector_config(task, int(size)))
 
     def load_prompt_file(self, path, pretrained: Any = None, backbone=None):
-        from .prompt_files import DetectorModel
+        from .detector_model import DetectorModel
 
         return DetectorModel.from_prompt_file(path, backbone=backbone, pretrained=pretrained or None)
 
@@ -205,10 +159,10 @@ class DetectionTask(Task):
                 "annotations": [a for a in coco["annotations"] if a["image_id"] in seen]}
         metrics = coco_evaluate(coco, results)
         if run_dir is not None:
-            write_predictions(Path(run_dir) / f"predictions_{split}.json", results)
+            write_predictions(Path(run_dir) / predictions_file(split), results)
             for n, (image, prediction, target) in enumerate(drawn):
                 draw_predictions(image.cpu(), prediction, {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()},
-                                 Path(run_dir) / f"predictions_{split}" / f"{n}.png", class_names=data.class_names)
+                                 Path(run_dir) / predictions_folder(split) / f"{n}.png", class_names=data.class_names)
         return {**metrics, "count": len(ids)}
 
 

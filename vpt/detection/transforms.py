@@ -47,3 +47,12 @@ def collate_detection(batch: Sequence[tuple[Any, dict[str, Any]]]) -> tuple[list
     """DataLoader ``collate_fn``: images differ in size, so keep lists (torchvision detectors take lists)."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+def move_detection_batch(batch: tuple[list[Any], list[dict[str, Any]]],
+                         device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """A :func:`collate_detection` batch onto ``device`` (the ``move`` of :class:`vpt.data.loaders.DeviceDataLoader`):
+    every image, and every tensor of each target (``image_id`` and other plain values stay as they are)."""
+    images, targets = batch
+    return ([image.to(device, non_blocking=True) for image in images],
+            [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in target.items()} for target in targets])

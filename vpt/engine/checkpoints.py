@@ -12,6 +12,7 @@ import torch
 
 from ..files import (RESTART_FIX, ResumeStateError, atomic_save_safetensors, capture_rng_states, load_state,
                      restore_rng_states, save_state, state_paths)
+from ..run_files import LEGACY_RESUME, RESUME_STATE
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,6 @@ class TrainState:
     train_images: int = 0
 
 
-LEGACY_RESUME_NAME = "resume.pt"  # vpt < 0.2 pickled it; never read (a crafted pickle runs code)
-
-
 def resume_state_exists(run_dir: Path) -> bool:
     return any(p.exists() for p in state_paths(run_dir))
 
@@ -40,12 +38,12 @@ def save_resume_state(run_dir: Path, state: TrainState, model, optimizer, schedu
     no pickle; each part written atomically, and a mix of two saves is detected on load."""
     meta = {"train_state": vars(state), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": capture_rng_states(), "config": dict(config)}
-    save_state(run_dir / "resume", model.trainable_state_dict(), meta)
+    save_state(run_dir / RESUME_STATE, model.trainable_state_dict(), meta)
 
 
 def load_resume_state(run_dir: Path, model, optimizer, scheduler) -> tuple[TrainState, dict[str, Any]]:
     """Restore model tensors, optimiser, schedule and RNG; returns the train state and the saved config."""
-    tensors, meta = load_state(run_dir / "resume")
+    tensors, meta = load_state(run_dir / RESUME_STATE)
     params = dict(model.named_parameters())
     mismatched = sorted(set(tensors) ^ {k for k, p in params.items() if p.requires_grad})
     if mismatched:
@@ -62,7 +60,7 @@ def load_resume_state(run_dir: Path, model, optimizer, scheduler) -> tuple[Train
 
 
 def refuse_legacy_resume_state(run_dir: Path) -> None:
-    legacy = run_dir / LEGACY_RESUME_NAME
+    legacy = run_dir / LEGACY_RESUME  # vpt < 0.2 pickled it; never read (a crafted pickle runs code)
     if legacy.exists() and not resume_state_exists(run_dir):
         raise ResumeStateError(f"{str(legacy)!r} is a resume state of vpt < 0.2, a pickle, which vpt no longer reads "
                                f"(loading a pickle can run code); {RESTART_FIX}")

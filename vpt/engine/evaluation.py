@@ -14,10 +14,12 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from .. import run_files
 from ..files import atomic_write
 from ..loggers import RunFiles, write_json
 from ..prompt_file import read_prompt_file
 from ..tasks import get_task
+from ..tuned import TunedModel
 from .build import build_backbone, input_data_config
 from .console import format_metrics
 from .runtime import autocast_for, configure_cpu, resolve_device, seed_everything, to_plain
@@ -44,11 +46,11 @@ def recorded_data(manifest: dict[str, Any], prompt_file) -> tuple[dict[str, Any]
     if isinstance(manifest.get("data"), dict):
         return manifest["data"], manifest.get("data_seed"), manifest.get("data_choice"), "the prompt file"
     run_dir = Path(prompt_file).resolve().parent
-    config = run_dir / "config.yaml"
+    config = run_dir / run_files.CONFIG
     if config.is_file():
         saved = OmegaConf.to_container(OmegaConf.load(config))
         if isinstance(saved, dict) and isinstance(saved.get("data"), dict):
-            hydra = run_dir / ".hydra" / "hydra.yaml"
+            hydra = run_dir / run_files.HYDRA / "hydra.yaml"
             choice = OmegaConf.select(OmegaConf.load(hydra), "hydra.runtime.choices.data") if hydra.is_file() else None
             return saved["data"], saved.get("seed"), choice, f"the run's {config}"
     return None, None, None, ""
@@ -131,7 +133,8 @@ def evaluate_prompt_file(cfg: DictConfig, output_dir: str | os.PathLike | None =
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.trainer.device)
     configure_cpu(cfg.trainer, device)
-    model = task.load_prompt_file(cfg.prompt_file, pretrained=cfg.get("pretrained") or False, backbone=backbone)
+    model: TunedModel = task.load_prompt_file(cfg.prompt_file, pretrained=cfg.get("pretrained") or False,
+                                              backbone=backbone)
     data = task.build_data(data_cfg, input_data_config(model.backbone), data_seed)
     model = task.model_for_data(model, data, cfg.prompt_file)
     name = data_cfg.get("name", cfg.data.name)

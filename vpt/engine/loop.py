@@ -28,8 +28,10 @@ from ..backbones.portable import portable_config_yaml
 from ..errors import ConfigError, VptError
 from ..files import RunLock, atomic_write, check_run_dir, update_latest_link
 from ..loggers import RunFiles, Tracker
+from ..prompt_file import WEIGHTS_NAME
 from .sweep import in_multirun, run_position
 from ..tasks import limited, metric_setting, task_from_config
+from ..tuned import TunedModel
 from . import checkpoints, distributed
 from .build import build_backbone, build_optimizer, build_scheduler, input_data_config
 from .console import format_metrics, progress_bar
@@ -87,7 +89,7 @@ class Trainer:
         if self.data.train is None:  # data.eval_only: a dataset that is only scored
             raise ConfigError(f"data {cfg.data.name} has no training split (data.eval_only=true): score a prompt file "
                               "on it with vpt-eval prompt_file=<run dir>/best, and train on another dataset")
-        self.model = self.task.build_model(cfg, backbone, self.data).to(self.device)
+        self.model: TunedModel = self.task.build_model(cfg, backbone, self.data).to(self.device)
         compile_model = torch.compile if self.trainer_cfg.compile else (lambda module: module)
         self.forward = compile_model(distributed.wrap_model(self.model, self.dist, self.device))
         # evaluation runs on rank 0 alone: never through DDP, whose collectives would wait for the other ranks
@@ -283,7 +285,7 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         cfg, params = self.cfg, self.model.param_summary()
         best = next((row for row in self.state.history if row["epoch"] == self.state.best_epoch), {})
-        weights = self.files.best / "prompt.safetensors"
+        weights = self.files.best / WEIGHTS_NAME
         return {
             "status": "completed", "task": self.task.name, "method": self.model.prompt_config.method,
             "backbone": self.model.backbone.name, "dataset": cfg.data.name, "seed": self.seed,

@@ -7,12 +7,15 @@ and a ``configs/task/<name>.yaml`` whose ``name`` selects it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..tuned import TunedModel
 
 #: tasks by name; the built-in ones register on the first lookup, a dotted ``module.Class`` name imports a user's
 #: task class (``task.name=my_pkg.my_tasks.MyTask`` or ``task._target_=...``)
@@ -44,12 +47,11 @@ class Task:
         ``loaders(batch_size, num_workers, device, seed, eval_batch_size)`` giving batches on the device."""
         raise NotImplementedError
 
-    def build_model(self, cfg, backbone, data) -> nn.Module:
-        """The model to train; it offers ``trainable_parameters``, ``param_summary``, ``prompt_config``,
-        ``save_prompt`` / ``load_prompt``."""
+    def build_model(self, cfg, backbone, data) -> "TunedModel":
+        """The model to train: a :class:`vpt.tuned.TunedModel` (trainable state, prompt files)."""
         raise NotImplementedError
 
-    def load_prompt_file(self, path, pretrained: Any = False, backbone: nn.Module | None = None) -> nn.Module:
+    def load_prompt_file(self, path, pretrained: Any = False, backbone: nn.Module | None = None) -> "TunedModel":
         """Rebuild the model a prompt file of this task describes (``vpt-eval``); ``backbone``: the built one when
         the file records none (a ``backbone._target_`` model), else None."""
         raise NotImplementedError

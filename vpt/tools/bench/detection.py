@@ -28,7 +28,7 @@ def detection_batch(spec: dict[str, Any], device: str) -> tuple[list[torch.Tenso
 
 def build_detector(spec: dict[str, Any], method: str):
     import vpt
-    from ...detection.prompt_files import DetectorModel
+    from ...detection.detector_model import DetectorModel
     from .models import backbone_kwargs, prompt_config, quiet_random_weights
 
     with quiet_random_weights():

@@ -19,24 +19,23 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from ...errors import ConfigError, UnknownNameError
+from ...run_files import CONFIG as CONFIG_FILE, NEW_CLASSES, RESULTS as RESULTS_FILE, TRACKER, TRANSFER
 from ...tasks import Task, recorded_task
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-CONFIG_FILE = "config.yaml"
 COMPLETED = "completed"
 # Folders that never hold a run of their own; skipping them keeps the walk fast on big sweeps.
-NOT_RUN_FOLDERS = {"wandb", "__pycache__"}
+NOT_RUN_FOLDERS = {TRACKER, "__pycache__"}
 # Base-to-novel: vpt-eval of a run's prompt file on the new classes (data.subsample_classes=new), written to
 # <run dir>/new; its primary test metric (test_top1) is the run's new_top1 (and the report's hm_top1), not a run
 # of its own.
-NEW_CLASSES_FOLDER = "new"
+NEW_CLASSES_FOLDER = NEW_CLASSES
 NEW_METRIC = "new_top1"
 # Cross-dataset / domain generalisation: vpt-eval of a run's prompt file on another dataset, written to
 # <run dir>/transfer/<name> (vpt-tune's tune.eval_on); its test_top1 is the run's transfer_<name>_top1, and the
 # mean over the targets the run's transfer_mean_top1.
-TRANSFER_FOLDER = "transfer"
+TRANSFER_FOLDER = TRANSFER
 TRANSFER_MEAN_METRIC = "transfer_mean_top1"
 # Config keys that do not describe the experiment: where files went, how the run was watched or resumed.
 IGNORED_KEYS = {"seed", "output_dir", "trainer.resume", "trainer.progress_bar"}

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from ...errors import ConfigError, VptError
 from ...files import atomic_write_json
+from ...run_files import BEST, EVAL_ARGS, NEW_CLASSES, TRANSFER
 from .records import RESULTS_FILE
 
 CONFIG_MODULE = "vpt.configs"
@@ -157,9 +158,9 @@ def _job_error(job: Any) -> BaseException | None:
     return None
 
 
-NEW_CLASSES_FOLDER = "new"  # vpt.tools.report reads <run dir>/new/results.json as the run's new_top1
+NEW_CLASSES_FOLDER = NEW_CLASSES  # vpt.tools.report reads <run dir>/new/results.json as the run's new_top1
 NEW_CLASSES_OVERRIDES = ("data.subsample_classes=new",)
-TRANSFER_FOLDER = "transfer"  # <run dir>/transfer/<name>/results.json: the run's <name>_top1 (vpt.tools.report)
+TRANSFER_FOLDER = TRANSFER  # <run dir>/transfer/<name>/results.json: transfer_<name>_top1 (vpt.tools.report)
 
 
 def evaluate_run(run: TrainRun, folder: str, overrides: Sequence[str]) -> None:
@@ -167,7 +168,7 @@ def evaluate_run(run: TrainRun, folder: str, overrides: Sequence[str]) -> None:
     changed by them: base-to-novel's new classes, or another dataset) into ``<run dir>/<folder>``; kept when that
     finished before with the same overrides, moved aside when made with others."""
     out = run.dir / folder
-    record = out / "eval_args.json"
+    record = out / EVAL_ARGS
     if (out / RESULTS_FILE).is_file():
         if not record.is_file() or json.loads(record.read_text()) == list(overrides):
             return
@@ -176,7 +177,7 @@ def evaluate_run(run: TrainRun, folder: str, overrides: Sequence[str]) -> None:
     atomic_write_json(record, list(overrides))
     executable = str(Path(sys.executable).with_name("vpt-eval"))
     executable = executable if Path(executable).exists() else "vpt-eval"
-    command = [executable, f"prompt_file={run.dir / 'best'}", *overrides, "splits=[test]",
+    command = [executable, f"prompt_file={run.dir / BEST}", *overrides, "splits=[test]",
                f"hydra.run.dir={out}", "trainer.progress_bar=false"]
     print(f"  evaluating {run.label} into {folder}  (log: {out / 'vpt-eval.log'})", flush=True)
     with open(out / "vpt-eval.log", "ab") as log:

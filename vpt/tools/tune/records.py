@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...files import atomic_write_json
+from ...run_files import RESULTS as RESULTS_FILE
 
 RUN_RECORD = "tune_run.json"
-RESULTS_FILE = "results.json"
 REUSE, RESUME, START = "reused", "resumed", "started"
 WEIGHTS_KEY = "backbone.pretrained"
 WEIGHTS_PLACEHOLDER = "<weights file, see weights_sha256>"

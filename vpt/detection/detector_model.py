@@ -1,9 +1,9 @@
-"""Detection prompt files: the prompts plus the pyramid and detector tensors, with a manifest that says so.
+"""DetectorModel: a :class:`PromptedDetector` with the tuned-model interface (:class:`vpt.tuned.TunedModel`) the
+training loop, ``vpt-eval`` and the detection task use.
 
-``DetectorModel`` is a :class:`PromptedDetector` with the interface the training loop and ``vpt-eval`` use
-(``prompt_config``, ``param_summary``, ``save_prompt`` / ``load_prompt`` / ``from_prompt_file``). Its prompt file
-is the same format as a classification one (``prompt.safetensors`` + ``prompt.json``); the manifest adds
-``"task": "detection"`` and ``"detection"``: the detector's settings and class names, enough to rebuild it.
+Its prompt file is the same format as a classification one (``prompt.safetensors`` + ``prompt.json``); the
+manifest adds ``"task": "detection"`` and ``"detection"``: the detector's settings and class names, enough to
+rebuild it.
 """
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ from torch import nn
 from ..config import PromptConfig
 from ..errors import PromptFileError
 from ..model import PromptedModel, _backbone_for
-from ..prompt_file import check_backbone, read_prompt_file, save_prompt
+from ..prompt_file import check_backbone, read_prompt_file
+from ..tuned import TunedModule
 from .model import PromptedDetector
 
 
-class DetectorModel(PromptedDetector):
+class DetectorModel(TunedModule, PromptedDetector):
+    """Build one with :meth:`build` (class names and detector settings, as the detection task does) or
+    :meth:`from_prompt_file`; save / load prompt files as any tuned model (:class:`vpt.tuned.TunedModule`)."""
+
     @classmethod
     def build(cls, encoder: PromptedModel, class_names: Sequence[str], settings: dict[str, Any]) -> "DetectorModel":
         """``settings``: detector, min_size, max_size, pyramid_channels, detector_kwargs (see detector_config)."""
@@ -30,7 +34,7 @@ class DetectorModel(PromptedDetector):
         model.settings = dict(settings)
         return model
 
-    # ---- what the loop and the prompt-file writer read ----------------------------------------
+    # ---- the tuned-model attributes: the encoder's ------------------------------------------
     @property
     def backbone(self):
         return self.encoder.backbone
@@ -51,15 +55,8 @@ class DetectorModel(PromptedDetector):
                 "trainable": encoder["prompt"] + encoder["backbone"] + heads, "total": total}
 
     # ---- prompt files -------------------------------------------------------------------------
-    def save_prompt(self, path, **extra: Any):
-        return save_prompt(self, path, task="detection",
-                           detection={**self.settings, "class_names": self.class_names}, **extra)
-
-    def load_prompt(self, path) -> "DetectorModel":
-        manifest, tensors = read_prompt_file(path)
-        check_backbone(manifest, self.backbone, path, self.backbone_fingerprint)
-        self.load_trainable_state_dict(tensors)
-        return self
+    def prompt_file_extra(self) -> dict[str, Any]:
+        return {"task": "detection", "detection": {**self.settings, "class_names": self.class_names}}
 
     @classmethod
     def from_prompt_file(cls, path, backbone: str | nn.Module | None = None, pretrained: Any = None) -> "DetectorModel":
@@ -72,5 +69,5 @@ class DetectorModel(PromptedDetector):
         check_backbone(manifest, encoder.backbone, path, encoder.backbone_fingerprint)
         settings = dict(manifest["detection"])
         model = cls.build(encoder, settings.pop("class_names"), settings)
-        model.load_trainable_state_dict(tensors)
+        model.load_trainable_state_dict(tensors, source=path)
         return model
