@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import ConfigError
+from ...files import atomic_write
 from .runs import Run, varying_keys
 from .table import COST_METRICS, Row, accuracy_metric, summarise
 
@@ -28,10 +29,7 @@ def _figure():
 
 
 def _save(figure, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    figure.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))  # vpt's one atomic writer
 
 
 def _finite(value: Any) -> bool:

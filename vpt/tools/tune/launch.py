@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from ...errors import ConfigError, VptError
 from ...files import atomic_write_json
 from ...run_files import BEST, EVAL_ARGS, NEW_CLASSES, TRANSFER
-from .records import RESULTS_FILE
+from .records import RESULTS_FILE, move_aside
 
 CONFIG_MODULE = "vpt.configs"
 RUN_SETTINGS = ("trainer.resume=true", "trainer.progress_bar=false")  # resume: from the resume state when present
@@ -172,7 +172,7 @@ def evaluate_run(run: TrainRun, folder: str, overrides: Sequence[str]) -> None:
     if (out / RESULTS_FILE).is_file():
         if not record.is_file() or json.loads(record.read_text()) == list(overrides):
             return
-        out.rename(out.with_name(f"{out.name}.stale-{os.getpid()}"))  # made with other overrides: kept aside
+        move_aside(out)  # made with other overrides: kept, beside
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, list(overrides))
     executable = str(Path(sys.executable).with_name("vpt-eval"))
