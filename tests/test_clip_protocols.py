@@ -148,6 +148,8 @@ def test_val_shots_draws_k_per_class_of_the_val_split_per_seed():
     assert sorted(labels) == sorted(list(range(10)) * 2)
     indices = lambda bundle: [bundle.val[i][0].sum().item() for i in range(len(bundle.val))]  # noqa: E731
     assert indices(first) == indices(again) and indices(first) != indices(other)
+    few = build_data({**data, "val_shots": 100}, IMAGE, seed=0)  # more than a class has: all of it, as Dassl
+    assert len(few.val) == len(build_data({**data, "val_shots": None}, IMAGE, seed=0).val)
     with pytest.raises(ConfigError, match="val_shots and data.val_size"):
         build_data({**data, "val_size": 10}, IMAGE, seed=0)
 

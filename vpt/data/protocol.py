@@ -55,7 +55,7 @@ def apply_protocol(splits: SourceSplits, spec: DataSpec, seed: int) -> SourceSpl
             val, train = split_stratified(train, val_count, _rng(seed, _VAL_STREAM))
 
     if val is not None and spec.val_shots is not None:  # CoOp's few-shot val: min(num_shots, 4) per class
-        val = SubsetSource(val, k_shot(val.labels, spec.val_shots, _rng(seed, _VAL_STREAM)))
+        val = SubsetSource(val, k_shot(val.labels, spec.val_shots, _rng(seed, _VAL_STREAM), fewer=True))
     if spec.train_size is not None:
         train, _ = split_stratified(train, spec.train_size, _rng(seed, _TRAIN_STREAM))
     elif spec.num_shots is not None:

@@ -33,14 +33,15 @@ def stratified_sample(labels: np.ndarray, count: int, rng: np.random.Generator) 
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def k_shot(labels: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarray:
-    """Exactly ``shots`` random indices per class."""
+def k_shot(labels: np.ndarray, shots: int, rng: np.random.Generator, fewer: bool = False) -> np.ndarray:
+    """Exactly ``shots`` random indices per class; ``fewer``: all of a class that has fewer (Dassl's few-shot val,
+    ``generate_fewshot_dataset`` without repeat), else that is an error."""
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        if len(members) < shots:
+        if len(members) < shots and not fewer:
             raise ConfigError(f"data.num_shots={shots} but class {label} has only {len(members)} training images")
-        chosen.append(rng.choice(members, shots, replace=False))
+        chosen.append(rng.choice(members, min(shots, len(members)), replace=False))
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 

@@ -40,7 +40,8 @@ class DataSpec:
     num_shots: int | None = None
     train_size: int | None = None
     val_size: int | None = None
-    val_shots: int | None = None  # k images per class of the val split, drawn per seed (CoOp: min(num_shots, 4))
+    val_shots: int | None = None  # k images per class of the val split (all of a smaller class), drawn per seed
+                                  # (CoOp: min(num_shots, 4))
     train_on_trainval: bool = False
     val_fraction: float = 0.0
     cache: bool | None = None  # None: cache when the decoded splits fit in memory comfortably
