@@ -93,3 +93,18 @@ def test_the_study_tunes_every_method_with_its_grid_and_shared_runner(study, tmp
     table = (tmp_path / "out" / "table.md").read_text()
     assert table.count("| 61.0 ± 1.0 |") == 5
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["source_test_top1"] == 70.1
+
+
+def test_pennfudan_study_table_matches_its_committed_runs_and_names_missing_data(tmp_path, monkeypatch, capsys):
+    """The ViT-S/14 table's means are those of the committed per-run numbers; no data is one message."""
+    import statistics
+
+    summary = json.loads((ROOT / "experiments/results/pennfudan_vit_s14/summary.json").read_text())
+    table = (ROOT / "experiments/results/pennfudan_vit_s14/table.md").read_text()
+    deep = [run["test_map"] for run in summary["runs"] if run["setting"] == "VPT-deep (10 tokens)"]
+    assert len(deep) == 3 and f"| VPT-deep (10 tokens) | {100 * statistics.mean(deep):.1f} ±" in table
+    assert summary["backbone"] == "vit_s14_imgfocus" and "task.detector=retinanet" in summary["overrides"]
+    study = _load("pennfudan_study")
+    monkeypatch.setattr("sys.argv", ["pennfudan_study.py", "--data-root", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no Penn-Fudan data at .*pass --data-root"):
+        study.main()
