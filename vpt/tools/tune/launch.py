@@ -56,10 +56,10 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "(no log)"
 
 
-def vpt_train_executable() -> str:
-    """The ``vpt-train`` beside this Python (a venv's bin/), else the one on PATH."""
-    beside = Path(sys.executable).with_name("vpt-train")
-    return str(beside) if beside.exists() else "vpt-train"
+def vpt_executable(name: str) -> str:
+    """The vpt command ``name`` (vpt-train, vpt-eval) beside this Python (a venv's bin/), else the one on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else name
 
 
 class SubprocessRunner:
@@ -70,7 +70,7 @@ class SubprocessRunner:
         if int(jobs) < 1:
             raise ConfigError(f"tune.jobs must be at least 1, got {jobs!r}")
         self.jobs = int(jobs)
-        self.executable = executable or vpt_train_executable()
+        self.executable = executable or vpt_executable("vpt-train")
         self.cwd = cwd
         self.extra_args = list(extra_args)  # Hydra settings for every run, e.g. hydra.verbose=true
         self._slots = threading.Semaphore(self.jobs)  # shared by every batch, whichever thread submits it
@@ -175,9 +175,7 @@ def evaluate_run(run: TrainRun, folder: str, overrides: Sequence[str]) -> None:
         move_aside(out)  # made with other overrides: kept, beside
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, list(overrides))
-    executable = str(Path(sys.executable).with_name("vpt-eval"))
-    executable = executable if Path(executable).exists() else "vpt-eval"
-    command = [executable, f"prompt_file={run.dir / BEST}", *overrides, "splits=[test]",
+    command = [vpt_executable("vpt-eval"), f"prompt_file={run.dir / BEST}", *overrides, "splits=[test]",
                f"hydra.run.dir={out}", "trainer.progress_bar=false"]
     print(f"  evaluating {run.label} into {folder}  (log: {out / 'vpt-eval.log'})", flush=True)
     with open(out / "vpt-eval.log", "ab") as log:
