@@ -103,10 +103,11 @@ def main() -> None:
     source_digest = file_sha256(source)
     backbone = [f"backbone={args.backbone}"] if args.backbone else []
     jobs = []
-    settings = dict(SETTINGS)
+    settings, slugs = dict(SETTINGS), {}
     if args.full_lr_scale:
         lr = 0.096 * args.full_lr_scale  # experiment=pennfudan_detection's optim.base_lr
-        settings[f"full fine-tuning, lr x{args.full_lr_scale:g}"] = ["prompt=full", f"optim.base_lr={lr:g}"]
+        label = f"full fine-tuning, lr x{args.full_lr_scale:g}"
+        settings[label], slugs[label] = ["prompt=full", f"optim.base_lr={lr:g}"], f"full_lr{lr:g}"
     for label, overrides in settings.items():
         uses_source = "backbone.pretrained=false" not in overrides
         for seed in args.seeds:
@@ -116,8 +117,7 @@ def main() -> None:
                 run_args.append(f"backbone.pretrained={source}")
             record = {"args": [a for a in run_args if not a.startswith(("data.root=", "backbone.pretrained="))],
                       "source_sha256": source_digest if uses_source else None}
-            slug = overrides[0].split("=")[1] + ("_random" if not uses_source else "") + \
-                ("_lr" + overrides[1].split("=")[1] if len(overrides) > 1 and overrides[1].startswith("optim.") else "")
+            slug = slugs.get(label) or overrides[0].split("=")[1] + ("_random" if not uses_source else "")
             jobs.append((label, seed, run_args, out / "runs" / f"{slug}_seed{seed}", record))
     with ThreadPoolExecutor(args.jobs) as pool:
         finished = list(pool.map(lambda job: (job[0], job[1], vpt_train(job[2], job[3], job[4]), job[3]), jobs))

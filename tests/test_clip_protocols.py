@@ -95,6 +95,8 @@ def test_an_eval_only_folder_is_a_test_split_and_cannot_be_trained_on(tmp_path):
     count = write_class_folders(tmp_path / "sketch", {"cat": 2, "dog": 3})
     data = build_data({"name": "imagefolder", "root": str(tmp_path / "sketch"), "eval_only": True}, IMAGE, seed=0)
     assert data.train is None and len(data.test) == count and data.class_names == ["cat", "dog"]
+    with pytest.raises(ConfigError, match="eval_only=true is for data=imagefolder.*drop data.eval_only"):
+        build_data({"name": "digits", "eval_only": True}, IMAGE, seed=0)
     with pytest.raises(ConfigError, match="no training split.*vpt-eval"):
         train(compose_preset("experiment=coop_quickstart", "data=imagefolder", f"data.root={tmp_path / 'sketch'}",
                              "data.eval_only=true", "logger=none"), output_dir=tmp_path / "run")

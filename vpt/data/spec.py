@@ -96,6 +96,9 @@ class DataSpec:
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         self._check_custom()
+        if self.eval_only and self.name != "imagefolder":  # the other formats have their own test splits
+            raise ConfigError(f"data.eval_only=true is for data=imagefolder (a folder of class folders, only scored); "
+                              f"data={self.name} has its own splits: drop data.eval_only")
         if self.val_shots is not None and self.val_size is not None:
             raise ConfigError("data.val_shots and data.val_size both pick the val samples; set only one")
         if self.num_shots is not None and self.train_size is not None:
