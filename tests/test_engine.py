@@ -290,3 +290,14 @@ def test_optuna_search_turns_train_on_trainval_off(compose_config):
     # hparams_search comes last in the defaults, so its train_on_trainval=false beats an experiment's true
     cfg = compose_config(["hparams_search=optuna", "experiment=vtab_cifar100_vpt_deep"])
     assert cfg.data.train_on_trainval is False and cfg.optimized_metric is None  # null: the task's val_top1
+
+
+@pytest.mark.parametrize("test_every_epoch", [True, False])
+def test_trainer_test_false_never_scores_the_test_split(tmp_path, compose_config, test_every_epoch):
+    """vpt-tune's stage 1 reads val alone: trainer.test=false skips the test pass (a VTAB test set is 10-50x val)."""
+    args = [*TINY, "data.val_fraction=0.2", f"trainer.test_every_epoch={test_every_epoch}"]
+    skipped = train(compose_config([*args, "trainer.test=false", f"output_dir={tmp_path / 'skipped'}"]))
+    tested = train(compose_config([*args, f"output_dir={tmp_path / 'tested'}"]))
+    assert "val_top1" in skipped and not any(key.startswith("test_") for key in skipped)
+    assert not any(key.startswith("test_") for row in read_history(tmp_path / "skipped") for key in row)
+    assert tested["test_count"] > 0 and tested["val_top1"] == skipped["val_top1"]

@@ -180,6 +180,17 @@ def test_protocol_searches_picks_retrains_and_writes_the_table(tmp_path):
     assert again.batches == [[], []]  # everything reused
 
 
+def test_search_test_false_keeps_the_test_split_out_of_stage_1_only(tmp_path):
+    runner = FakeRunner(peaked_at(2.0))
+    result = Protocol([], settings(tmp_path, lr_grid([0.5, 2.0, 8.0]), search_test=False), runner, None).run()
+    assert all(run.args[-1] == "++trainer.test=false" for run in result.search_runs)
+    assert not any("trainer.test" in arg for run in result.final_runs for arg in run.args)
+    default = TuneSettings.resolve({"out": str(tmp_path)}, TrainInfo(name="x", log_dir=str(tmp_path), seed=0,
+                                                                     metric="val_top1", weights=None))
+    assert default.search_test is True
+    assert parse_args(["tune.search_test=false"])[0]["search_test"] is False
+
+
 def test_no_search_trains_every_point_with_every_seed(tmp_path):
     """tune.search=false over several points is a sweep (CoOp's shots x seeds): no pick, one table row per point."""
     runner = FakeRunner(peaked_at(2.0))

@@ -205,7 +205,12 @@ class Trainer:
         return metrics
 
     def epoch_eval_splits(self) -> list[str]:
-        return ["val", "test"] if self.trainer_cfg.test_every_epoch else ["val"]
+        return ["val", "test"] if self.trainer_cfg.test_every_epoch and self.tests else ["val"]
+
+    @property
+    def tests(self) -> bool:
+        """trainer.test=false: the test split is never scored (vpt-tune's stage 1 reads val alone)."""
+        return bool(self.trainer_cfg.get("test", True))
 
     @property
     def val_held_out(self) -> bool:
@@ -301,7 +306,7 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         results = self.summary()
-        if not self.trainer_cfg.test_every_epoch and "test" in self.loaders:
+        if self.tests and not self.trainer_cfg.test_every_epoch and "test" in self.loaders:
             self.model.load_prompt(self.files.best)  # test once, on the checkpoint val picked
             results.update(self.evaluate_splits(["test"]))
         self.files.write_results(results)  # before the tracker: results never depend on it

@@ -41,6 +41,8 @@ OPTION_HELP = {
                 "transfer_mean_top1; e.g. experiment=coop/cross_dataset)"),
     "search": ("false: skip stage 1 and train every grid point with every seed, e.g. tune.grid=coop_fewshot "
                "(default: true)"),
+    "search_test": ("false: stage-1 runs skip the test split, whose score the protocol never reads (saves one test "
+                    "pass per grid point; default: true)"),
 }
 
 

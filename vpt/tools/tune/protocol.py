@@ -33,7 +33,7 @@ from .summary import write_reports
 STAGE_DATA_KEY = "data.train_on_trainval"
 DEFAULTS: dict[str, Any] = {"grid": "vpt", "seeds": 5, "max_extend": 2, "jobs": 1, "out": None, "metric": None,
                             "search_seed": None, "final_on_trainval": True, "search": True, "eval_new": False,
-                            "eval_on": None}
+                            "eval_on": None, "search_test": True}
 
 
 @dataclass
@@ -56,6 +56,8 @@ class TuneSettings:
     # cross-dataset / domain generalisation: each final run's prompt file also scored on these datasets, name ->
     # the vpt-eval overrides that select it (configs/experiment/coop/cross_dataset.yaml)
     eval_on: dict[str, list[str]] = field(default_factory=dict)
+    # false: stage-1 runs skip the test split (only their val score is read; saves a test pass per grid point)
+    search_test: bool = True
 
     def evaluations(self) -> list[tuple[str, list[str]]]:
         """(folder under the run dir, vpt-eval overrides) of each evaluation after training."""
@@ -81,7 +83,8 @@ class TuneSettings:
         return cls(grid=grid, seeds=[int(s) for s in seeds], out=out.resolve(), metric=merged["metric"] or train.metric,
                    search_seed=search_seed, max_extend=int(merged["max_extend"]), jobs=int(merged["jobs"]),
                    final_on_trainval=_flag(merged["final_on_trainval"]), search=_flag(merged["search"]),
-                   eval_new=_flag(merged["eval_new"]), eval_on=_eval_targets(merged["eval_on"]))
+                   eval_new=_flag(merged["eval_new"]), eval_on=_eval_targets(merged["eval_on"]),
+                   search_test=_flag(merged["search_test"]))
 
 
 def _eval_targets(value: Any) -> dict[str, list[str]]:
@@ -176,6 +179,8 @@ class Protocol:
         # ++: the key may be missing from a data config that has no val split of its own (digits)
         split = f"++{STAGE_DATA_KEY}={str(on_trainval).lower()}"
         args = [*self.task_args, *grid.overrides(point), f"seed={seed}", split]
+        if stage == "search" and not self.settings.search_test:
+            args.append("++trainer.test=false")
         return TrainRun(label, self.settings.out / label, args, point=point, seed=seed)
 
     def execute(self, runs: list[TrainRun], stage: str) -> None:
