@@ -42,10 +42,12 @@ from vpt.tools.tune import Grid, SubprocessRunner, TuneResult, tune
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"effnet": "efficientnet_lite0_in1k", "vit": "vit_s14_imgfocus"}
 LABELS = {"linear": "linear probe", "pad": "pixel padding", "bias": "bias (BitFit)", "full": "full fine-tuning",
-          "shallow": "VPT-shallow", "deep": "VPT-deep"}
+          "shallow": "VPT-shallow", "deep": "VPT-deep", "pad_label_map": "pixel padding + ImageNet label map"}
 SGD = ["optim=sgd"]  # lr = base_lr * batch / 256, VPT's optimiser for prompts, linear and bias
 ADAMW = ["optim=adamw", "optim.lr_scaling=none"]
-# (backbone, method, fixed settings, base_lr grid), in the order they run: the most telling ones first
+# (backbone, row name, fixed settings, base_lr grid), in the order they run: the most telling ones first. A row
+# name is the prompt method, or the method and the head: pad_label_map = Bahng et al.'s pad prompt read through
+# the frozen ImageNet classifier, target class i = ImageNet class i (task=label_map; only the 4 pad strips train).
 RUNS: list[tuple[str, str, list[str], list[float]]] = [
     ("effnet", "linear", SGD, [0.4, 2.0, 10.0]),
     ("vit", "linear", SGD, [0.4, 2.0, 10.0]),
@@ -56,6 +58,7 @@ RUNS: list[tuple[str, str, list[str], list[float]]] = [
     ("effnet", "full", ADAMW, [2e-5, 1e-4, 5e-4]),
     ("vit", "full", ADAMW, [2e-5, 1e-4, 5e-4]),
     ("vit", "pad", SGD, [0.4, 2.0, 10.0]),
+    ("effnet", "pad_label_map", [*SGD, "task=label_map"], [0.4, 2.0, 10.0]),
 ]
 LR_KEY = "optim.base_lr"
 
@@ -67,7 +70,7 @@ def key_of(backbone: str, method: str) -> str:
 def train_args(backbone: str, method: str, fixed: list[str], args: argparse.Namespace) -> list[str]:
     """The vpt-train arguments every run of one method shares (vpt-tune adds the lr, the seed and the split)."""
     size = args.cnn_size if backbone == "effnet" else args.vit_size
-    return [f"backbone={BACKBONES[backbone]}", f"backbone.image_size={size}", f"prompt={method}",
+    return [f"backbone={BACKBONES[backbone]}", f"backbone.image_size={size}", f"prompt={method.split('_')[0]}",
             "data=cifar10_source", "data.classes=null", "data.val_fraction=0", "++data.val_size=200",
             "++data.train_size=800", "data.augment=none", *fixed, "optim.warmup_epochs=1",
             f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}", "trainer.test_every_epoch=false",

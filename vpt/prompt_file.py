@@ -41,6 +41,8 @@ def build_manifest(model, **extra: Any) -> dict[str, Any]:
     head_info: dict[str, Any] = {"kind": getattr(head, "kind", "none"), "num_classes": getattr(head, "out_features", 0)}
     if head_info["kind"] == "zero_shot":
         head_info.update(logit_scale=head.logit_scale, templates=head.templates)
+    if head_info["kind"] == "label_map":  # rebuilt from the backbone's own classifier on load
+        head_info.update(source_indices=head.source_indices)
     if hasattr(head, "manifest_info"):  # e.g. a CLIP prompt head: its text tower's fingerprint
         head_info.update(head.manifest_info())
     return {

@@ -80,6 +80,8 @@ def create_timm_backbone(name: str, pretrained: Any = True, allow_partial: bool 
                 raise
             raise _offline_error(tagged, "the Hugging Face hub", err) from err
     adapter = wrap_model(model, name=name)
+    if report is not None:
+        adapter.weights_file = path  # task.head=label_map reads the classifier vpt did not load from it
     if not adapter.supports_token_prompts and kwargs.get("img_size"):
         adapter.image_size = int(kwargs["img_size"])  # a CNN takes any size: the data config says which one is used
     if report is not None:

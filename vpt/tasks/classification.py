@@ -1,4 +1,4 @@
-"""Image classification: a linear or CLIP zero-shot head on the pooled feature; top-1/top-5/per-class accuracy."""
+"""Image classification: a linear, CLIP zero-shot or label-mapped pretrained head on the pooled feature; top-1/top-5/per-class accuracy."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
@@ -10,11 +10,11 @@ from torch import nn
 
 from ..config import PromptConfig
 from ..errors import ConfigError
-from ..heads import zero_shot_head_for
+from ..heads import label_map_head, zero_shot_head_for
 from ..model import PromptedModel
 from .base import Task, limited, register_task
 
-HEAD_KINDS = ("linear", "zero_shot")
+HEAD_KINDS = ("linear", "zero_shot", "label_map")
 
 
 class ClassificationTask(Task):
@@ -36,6 +36,8 @@ class ClassificationTask(Task):
         head = None  # PromptedModel builds a LinearHead from num_classes
         if kind == "zero_shot":
             head = zero_shot_head_for(backbone, data.class_names, task.get("templates"), trainable=prompt.train_head)
+        elif kind == "label_map":
+            head = label_map_head(backbone, len(data.class_names), task.get("label_map"))
         torch.manual_seed(int(cfg.seed))  # head and prompt init do not depend on what building the data consumed
         return PromptedModel(backbone, prompt, num_classes=len(data.class_names), head=head, class_names=data.class_names)
 
