@@ -55,10 +55,10 @@ RUNS: list[tuple[str, str, list[str], list[float]]] = [
     ("effnet", "pad", SGD, [0.4, 2.0, 10.0]),
     ("vit", "shallow", [*SGD, "prompt.length=10"], [0.4, 2.0, 10.0]),
     ("effnet", "bias", SGD, [0.1, 0.5, 2.5]),
+    ("effnet", "pad_label_map", [*SGD, "task=label_map"], [0.4, 2.0, 10.0]),
     ("effnet", "full", ADAMW, [2e-5, 1e-4, 5e-4]),
     ("vit", "full", ADAMW, [2e-5, 1e-4, 5e-4]),
     ("vit", "pad", SGD, [0.4, 2.0, 10.0]),
-    ("effnet", "pad_label_map", [*SGD, "task=label_map"], [0.4, 2.0, 10.0]),
 ]
 LR_KEY = "optim.base_lr"
 
