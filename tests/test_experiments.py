@@ -108,3 +108,52 @@ def test_pennfudan_study_table_matches_its_committed_runs_and_names_missing_data
     monkeypatch.setattr("sys.argv", ["pennfudan_study.py", "--data-root", str(tmp_path)])
     with pytest.raises(SystemExit, match="no Penn-Fudan data at .*pass --data-root"):
         study.main()
+
+
+# ---- the VTAB-1k study on the PyPI-weight encoders ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vtab1k():
+    return _load("pypi_vtab1k_study")
+
+
+def test_vtab1k_study_tunes_each_row_with_the_protocols_split_and_its_grid(vtab1k, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "cifar10" / "train").mkdir(parents=True)
+    calls = {}
+
+    def fake_tune(args, runner, **options):
+        name = Path(options["out"]).name
+        calls[name] = (args, options)
+        lrs = options["grid"].params["optim.base_lr"]
+        finals = [TrainRun(f"final/s{s}", Path("."), [], seed=s,
+                           results={"test_top1": 60.0 + s, "trainable_params": 100, "train_seconds": 10.0,
+                                    "test_count": 10000, "train_size": 1000}) for s in range(3)]
+        return TuneResult(Path("."), options["grid"], "val_top1", {(lr,): 50.0 + i for i, lr in enumerate(lrs)},
+                          (lrs[-1],), [], finals)
+
+    monkeypatch.setattr(vtab1k, "tune", fake_tune)
+    monkeypatch.setattr("sys.argv", ["study", "--data-root", str(data), "--out", str(tmp_path / "out"),
+                                     "--runs-dir", str(tmp_path / "runs"), "--jobs", "2", "trainer.device=cpu"])
+    vtab1k.main()
+    assert sorted(calls) == sorted(f"{b}_{m}" for b, m, _, _ in vtab1k.RUNS)
+    args, options = calls["effnet_pad_label_map"]
+    assert "prompt=pad" in args and "task=label_map" in args and "backbone=efficientnet_lite0_in1k" in args
+    for protocol_arg in ("++data.val_size=200", "++data.train_size=800", "data.classes=null", "trainer.monitor=last"):
+        assert protocol_arg in args
+    assert args[-1] == "trainer.device=cpu" and not any("max_per_class_test" in a for a in args)  # all 10,000 test
+    assert options["search_test"] is False and options["seeds"] == [0, 1, 2] and options["max_extend"] == 0
+    assert "backbone.image_size=84" in calls["vit_deep"][0] and "prompt.length=10" in calls["vit_deep"][0]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [row["key"] for row in summary["rows"]] == [f"{b}:{m}" for b, m, _, _ in vtab1k.RUNS]  # the RUNS order
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.count("| 61.0 ± 1.0 |") == len(vtab1k.RUNS) and table.count("at the grid's edge") == len(vtab1k.RUNS)
+
+
+def test_vtab1k_study_names_missing_data_and_unknown_rows(vtab1k, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["study", "--data-root", str(tmp_path)])
+    with pytest.raises(SystemExit, match="CIFAR-10 subset not found.*--data-root"):
+        vtab1k.main()
+    (tmp_path / "cifar10" / "train").mkdir(parents=True)
+    monkeypatch.setattr("sys.argv", ["study", "--data-root", str(tmp_path), "--only", "vit:bias"])
+    with pytest.raises(SystemExit, match="unknown --only vit:bias; known: effnet:linear"):
+        vtab1k.main()
