@@ -78,6 +78,18 @@ def train_args(backbone: str, method: str, fixed: list[str], args: argparse.Name
             f"name=vtab1k_{backbone}_{method}", *args.overrides]
 
 
+def run_minutes(result: TuneResult) -> float | None:
+    """Wall minutes of all the method's runs (search and final), each one process on one thread: from the run
+    record vpt-tune writes at its first start to its results.json (a resumed run counts its pause too: an upper bound)."""
+    total = 0.0
+    for run in [*result.search_runs, *result.final_runs]:
+        start, end = Path(run.dir) / "tune_run.json", Path(run.dir) / "results.json"
+        if not (start.is_file() and end.is_file()):
+            return None
+        total += max(0.0, end.stat().st_mtime - start.stat().st_mtime)
+    return total / 60
+
+
 def row_of(backbone: str, method: str, result: TuneResult) -> dict[str, Any]:
     runs = [r for r in result.final_results if r.get("status", "completed") == "completed"]
     accs = [r["test_top1"] for r in runs]
@@ -89,20 +101,22 @@ def row_of(backbone: str, method: str, result: TuneResult) -> dict[str, Any]:
             "test_top1_mean": statistics.mean(accs), "test_top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "test_top1_runs": accs, "test_images": runs[0].get("test_count"),
             "trainable_params": runs[0]["trainable_params"], "train_size": runs[0].get("train_size"),
-            "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs)}
+            "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs),
+            "runs": len(result.search_runs) + len(result.final_runs), "run_minutes": run_minutes(result)}
 
 
 def table_text(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"CIFAR-10, VTAB-1k protocol (lr on 800/200, then 1,000 x {len(args.seeds)} seeds, 10,000 test images), "
              f"{args.epochs} epochs, EfficientNet-Lite0 at {args.cnn_size} px, ViT-S/14 at {args.vit_size} px", "",
-             "| backbone | method | test top-1 (%) | base lr (val top-1 per lr) | trainable params | train time |",
-             "|---|---|---|---|---|---|"]
+             "| backbone | method | test top-1 (%) | base lr (val top-1 per lr) | trainable params | train time | "
+             "CPU time (all runs) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         by_lr = ", ".join(f"{lr:g}: {acc:.1f}" if acc is not None else f"{lr:g}: failed"
                           for lr, acc in r["val_top1_by_lr"].items())
         edge = ", at the grid's edge" if r["pick_at_edge"] else ""
         lines.append(f"| {r['backbone']} | {r['label']} | {r['test_top1_mean']:.1f} ± {r['test_top1_std']:.1f} | "
-                     f"{r['base_lr']:g} ({by_lr}{edge}) | {r['trainable_params']:,} | {r['train_seconds_mean']:.0f} s |")
+                     f"{r['base_lr']:g} ({by_lr}{edge}) | {r['trainable_params']:,} | {r['train_seconds_mean']:.0f} s | "
+                     + (f"{r['run_minutes']:.0f} min, {r['runs']} runs |" if r.get("run_minutes") else "n/a |"))
     return "\n".join(lines)
 
 
