@@ -121,27 +121,26 @@ def table_text(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Test top-1 per method, one panel per backbone (matplotlib's object API: no pyplot state)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         print("matplotlib not installed: no plot (pip install -e '.[plot]')")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, backbone in zip(axes, BACKBONES.values()):
+    figure = Figure(figsize=(9, 3.6), layout="constrained")
+    panels = figure.subplots(1, len(BACKBONES), sharey=True)
+    for panel, backbone in zip(panels, BACKBONES.values()):
         mine = [r for r in rows if r["backbone"] == backbone]
-        ax.bar([r["label"] for r in mine], [r["test_top1_mean"] for r in mine],
-               yerr=[r["test_top1_std"] for r in mine], capsize=4, color="#1f5fa8")
+        panel.bar(range(len(mine)), [r["test_top1_mean"] for r in mine], yerr=[r["test_top1_std"] for r in mine],
+                  capsize=4, color="#1f5fa8")
+        panel.set_xticks(range(len(mine)), [r["label"].replace(" + ", "\n+ ") for r in mine], fontsize=7, rotation=20)
         for i, r in enumerate(mine):
-            ax.text(i, r["test_top1_mean"] + r["test_top1_std"] + 1, f"{r['trainable_params']:,}", ha="center", fontsize=7)
-        ax.set_title(backbone, fontsize=9)
-        ax.tick_params(axis="x", labelsize=7, rotation=20)
-    axes[0].set_ylabel("CIFAR-10 test top-1 (%), 1,000 train images")
-    axes[0].set_ylim(0, 100)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+            panel.text(i, r["test_top1_mean"] + r["test_top1_std"] + 1, f"{r['trainable_params']:,}", ha="center",
+                       fontsize=6)
+        panel.set_title(f"{backbone} (bar labels: trainable params)", fontsize=8)
+    panels[0].set_ylabel("CIFAR-10 test top-1 (%)")
+    panels[0].set_ylim(0, 100)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
     print(f"wrote {path}")
 
 
