@@ -79,12 +79,12 @@ def train_args(backbone: str, method: str, fixed: list[str], args: argparse.Name
 
 
 def run_minutes(result: TuneResult) -> float | None:
-    """Wall minutes of all the method's runs (search and final), each one process on one thread: from the run
-    record vpt-tune writes at its first start to its results.json (a resumed run counts its pause too: an upper bound)."""
+    """Wall minutes of all the method's runs (search and final), each one process on one thread: from the start of
+    its (last) vpt-train process (Hydra's .hydra/ folder, written first) to its results.json."""
     total = 0.0
     for run in [*result.search_runs, *result.final_runs]:
-        start, end = Path(run.dir) / "tune_run.json", Path(run.dir) / "results.json"
-        if not (start.is_file() and end.is_file()):
+        start, end = Path(run.dir) / ".hydra", Path(run.dir) / "results.json"
+        if not (start.is_dir() and end.is_file()):
             return None
         total += max(0.0, end.stat().st_mtime - start.stat().st_mtime)
     return total / 60
