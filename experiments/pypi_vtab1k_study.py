@@ -10,9 +10,10 @@ The protocol (VPT's VTAB-1k, as `vpt-tune` runs it):
    (val top-1 at the last epoch), seed 0; the best lr is picked (ties to the smaller);
 2. stage 2: the pick trains on all 1,000 (800 + 200) with 3 seeds (each seed draws its own 1,000, stratified) and
    is tested at the last epoch on the official 10,000 test images.
-What is smaller than the paper, to fit 2 CPU cores (each choice is an argument): --epochs (default 5, VPT: 100),
-a 3-point lr grid per method with no extension past its edges (--max-extend 0; VPT: 10 lrs x 4 weight decays),
-inputs of --cnn-size / --vit-size px (CIFAR's 32 px upsampled; VPT: 224), 10 prompt tokens.
+What is smaller than the paper, to fit 2 CPU cores (each choice is an argument): --epochs (default 5, VPT: 100), a
+3-point lr grid per method, one step further when the pick is at its edge (--max-extend 1; VPT: 10 lrs x 4 weight
+decays), inputs of --cnn-size / --vit-size px (CIFAR's 32 px upsampled; VPT: 224), 10 prompt tokens, and each
+seed's 1,000 images drawn by that seed (VTAB-1k: one fixed 800/200 list).
 
     nice -n 10 python experiments/pypi_vtab1k_study.py --jobs 2      # resumable: run it again after a stop
     python experiments/pypi_vtab1k_study.py --only effnet:linear vit:deep trainer.device=cuda --vit-size 224
@@ -155,7 +156,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cnn-size", type=int, default=128)
     parser.add_argument("--vit-size", type=int, default=84, help="a multiple of 14")
-    parser.add_argument("--max-extend", type=int, default=0, help="rounds an lr grid may grow past an edge pick")
+    parser.add_argument("--max-extend", type=int, default=1, help="rounds an lr grid may grow past an edge pick")
     parser.add_argument("--jobs", type=int, default=1, help="methods tuned at a time (one run each, one thread)")
     parser.add_argument("overrides", nargs="*", help="extra vpt-train overrides for every run")
     return parser.parse_args()

@@ -141,7 +141,7 @@ def test_vtab1k_study_tunes_each_row_with_the_protocols_split_and_its_grid(vtab1
     for protocol_arg in ("++data.val_size=200", "++data.train_size=800", "data.classes=null", "trainer.monitor=last"):
         assert protocol_arg in args
     assert args[-1] == "trainer.device=cpu" and not any("max_per_class_test" in a for a in args)  # all 10,000 test
-    assert options["search_test"] is False and options["seeds"] == [0, 1, 2] and options["max_extend"] == 0
+    assert options["search_test"] is False and options["seeds"] == [0, 1, 2] and options["max_extend"] == 1
     assert "backbone.image_size=84" in calls["vit_deep"][0] and "prompt.length=10" in calls["vit_deep"][0]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [row["key"] for row in summary["rows"]] == [f"{b}:{m}" for b, m, _, _ in vtab1k.RUNS]  # the RUNS order
@@ -157,3 +157,23 @@ def test_vtab1k_study_names_missing_data_and_unknown_rows(vtab1k, tmp_path, monk
     monkeypatch.setattr("sys.argv", ["study", "--data-root", str(tmp_path), "--only", "vit:bias"])
     with pytest.raises(SystemExit, match="unknown --only vit:bias; known: effnet:linear"):
         vtab1k.main()
+
+
+def test_the_committed_vtab1k_table_is_its_runs_under_the_protocol(vtab1k):
+    """Every committed row: 3 seeds of 1,000 training images tested on all 10,000 test images, its mean and sample
+    std those of its per-seed numbers, the pick the best val score, and the table what the study writes."""
+    import argparse
+    import statistics
+
+    out = ROOT / "experiments" / "results" / "pypi_vtab1k"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"], "no committed rows"
+    for row in summary["rows"]:
+        runs = row["test_top1_runs"]
+        assert len(runs) == 3 and row["train_size"] == 1000 and row["test_images"] == 10000, row["key"]
+        assert row["test_top1_mean"] == pytest.approx(statistics.mean(runs))
+        assert row["test_top1_std"] == pytest.approx(statistics.stdev(runs))
+        scores = {float(lr): acc for lr, acc in row["val_top1_by_lr"].items() if acc is not None}
+        assert row["base_lr"] == min(lr for lr, acc in scores.items() if acc == max(scores.values())), row["key"]
+    args = argparse.Namespace(**summary["protocol"])  # the settings the study ran with
+    assert vtab1k.table_text(summary["rows"], args) + "\n" == (out / "table.md").read_text()
