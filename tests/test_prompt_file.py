@@ -142,3 +142,13 @@ def test_eval_data_settings_follow_the_recorded_run_unless_another_dataset_is_ch
     assert other["classes"] == [0, 1, 2, 3, 4] and seed == 1 and "trained on digits_target" in source
     changed, _, source = settings("data.val_fraction=0.5")
     assert changed == {**recorded, "val_fraction": 0.5} and source.endswith("with data.val_fraction from the command line")
+
+
+def test_the_version_is_spelled_once():
+    """pyproject.toml reads it from vpt/version.py, so the installed metadata and manifests agree."""
+    import importlib.metadata
+    from pathlib import Path
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and "\nversion = " not in pyproject.split("[tool.setuptools")[0]
+    assert importlib.metadata.version("vpt") == vpt.__version__
