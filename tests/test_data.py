@@ -373,3 +373,25 @@ def test_gpu_batches_never_block_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert images.is_cuda and images.shape[0] == 50 and labels.is_cuda
+
+
+class _RandomSamples(torch.utils.data.Dataset):
+    """Each sample a draw of torch's global generator, as a random augmentation in a loader worker is."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.rand(3), index
+
+
+def test_loader_workers_draw_from_the_epoch_seed_so_a_resumed_epoch_matches():
+    loader = DeviceDataLoader(_RandomSamples(), batch_size=4, num_workers=1, seed=0)
+
+    def epoch(seed):
+        loader.reseed(seed)
+        return next(iter(loader))[0]
+
+    first, other = epoch(5), epoch(7)
+    assert not torch.equal(first, other)
+    assert torch.equal(epoch(5), first)  # epoch 5 again (a resumed run): the same draws, not the worker's next ones

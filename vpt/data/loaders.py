@@ -170,7 +170,9 @@ class DeviceDataLoader:
         options = self.options
         return DataLoader(options["dataset"], num_workers=options["num_workers"], collate_fn=options["collate_fn"],
                           generator=generator, pin_memory=self.device.type == "cuda",
-                          persistent_workers=options["num_workers"] > 0, **batching)
+                          # workers start afresh each epoch, seeded from the generator reseed() set: a resumed
+                          # run's augmentation equals an uninterrupted one's (persistent workers keep epoch 1's)
+                          persistent_workers=False, **batching)
 
     def sharded(self, rank: int, world_size: int) -> "DeviceDataLoader":
         """This rank's view: a batch sampler slicing the global batches (the same on every rank); the
