@@ -112,8 +112,8 @@ def table_text(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
              "| backbone | method | test top-1 (%) | base lr (val top-1 per lr) | trainable params | train time | "
              "CPU time (all runs) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        by_lr = ", ".join(f"{lr:g}: {acc:.1f}" if acc is not None else f"{lr:g}: failed"
-                          for lr, acc in r["val_top1_by_lr"].items())
+        by_lr = ", ".join(f"{float(lr):g}: {acc:.1f}" if acc is not None else f"{float(lr):g}: failed"
+                          for lr, acc in r["val_top1_by_lr"].items())  # keys: floats, or strings read from JSON
         edge = ", at the grid's edge" if r["pick_at_edge"] else ""
         lines.append(f"| {r['backbone']} | {r['label']} | {r['test_top1_mean']:.1f} ± {r['test_top1_std']:.1f} | "
                      f"{r['base_lr']:g} ({by_lr}{edge}) | {r['trainable_params']:,} | {r['train_seconds_mean']:.0f} s | "

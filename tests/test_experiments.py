@@ -147,6 +147,11 @@ def test_vtab1k_study_tunes_each_row_with_the_protocols_split_and_its_grid(vtab1
     assert [row["key"] for row in summary["rows"]] == [f"{b}:{m}" for b, m, _, _ in vtab1k.RUNS]  # the RUNS order
     table = (tmp_path / "out" / "table.md").read_text()
     assert table.count("| 61.0 ± 1.0 |") == len(vtab1k.RUNS) and table.count("at the grid's edge") == len(vtab1k.RUNS)
+    first = table
+    monkeypatch.setattr("sys.argv", ["study", "--data-root", str(data), "--out", str(tmp_path / "out"),
+                                     "--runs-dir", str(tmp_path / "runs"), "--only", "vit:deep"])
+    vtab1k.main()  # again for one row: the others are kept from summary.json
+    assert (tmp_path / "out" / "table.md").read_text() == first
 
 
 def test_vtab1k_study_names_missing_data_and_unknown_rows(vtab1k, tmp_path, monkeypatch):
