@@ -300,6 +300,8 @@ def test_label_map_names_the_fix_when_there_is_nothing_to_map(fake_lite0, lite0)
         label_map_head(adapter, 3, [1, 1, 2])
     with pytest.raises(ConfigError, match=r"task.label_map must list"):
         label_map_head(adapter, 2, [0, 1000])
+    with pytest.raises(ConfigError, match=r"1001 target classes but the classifier has only 1000"):
+        label_map_head(adapter, 1001)
     with pytest.raises(ConfigError, match=r"not loaded from one.*backbone.pretrained=.*task.head=linear"):
         label_map_head(lite0, 3)  # random init: no pretrained label space
 

@@ -60,12 +60,13 @@ def label_map_head(backbone, num_classes: int, source_indices: Sequence[int] | N
                           f"the backbone gives {backbone.feature_dim}")
     indices = list(range(num_classes)) if source_indices is None else [int(i) for i in source_indices]
     source = weight.shape[0]
+    if num_classes > source:
+        raise ConfigError(f"task.head=label_map: {num_classes} target classes but the classifier has only {source}; "
+                          "use task.head=linear")
     if len(indices) != num_classes or len(set(indices)) != len(indices) or not all(0 <= i < source for i in indices):
         raise ConfigError(f"task.label_map must list {num_classes} different source classes in 0..{source - 1} (one "
                           f"per target class, in the dataset's class order), got {list(source_indices or [])!r}; "
                           "null maps target class i to source class i")
-    if num_classes > source:
-        raise ConfigError(f"task.head=label_map: {num_classes} target classes but the classifier has only {source}")
     return LabelMapHead(weight, bias, indices)
 
 
